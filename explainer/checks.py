@@ -1,0 +1,50 @@
+"""Input validation: clear errors before anything reaches torch."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from explainer.errors import GradModeError, InputError
+
+
+def model_device_dtype(module: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
+    """Device and dtype of the module's first floating parameter or buffer (None if it has none)."""
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return None, None
+
+
+def check_input(x: Tensor, device: torch.device | None, dtype: torch.dtype | None, in_channels: int | None) -> None:
+    """Raise :class:`InputError` unless ``x`` is a finite ``(N, C, H, W)`` float batch the model can take."""
+    if not isinstance(x, Tensor):
+        raise InputError(f"input must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+    if x.ndim != 4:
+        hint = " (add a batch axis: x.unsqueeze(0))" if x.ndim == 3 else ""
+        raise InputError(f"input must be 4-D (N, C, H, W); got shape {tuple(x.shape)}{hint}")
+    if x.shape[0] == 0:
+        raise InputError("input batch is empty (N = 0); pass at least one image")
+    if in_channels is not None and x.shape[1] != in_channels:
+        raise InputError(f"input has {x.shape[1]} channels but the model's first convolution expects {in_channels}")
+    if not x.is_floating_point():
+        raise InputError(
+            f"input dtype is {x.dtype}; the model needs a floating tensor"
+            f"{f' ({dtype})' if dtype is not None else ''}: normalise images, e.g. x.float() / 255"
+        )
+    if dtype is not None and x.dtype != dtype:
+        raise InputError(f"input dtype {x.dtype} does not match the model's {dtype}; convert with x.to({dtype})")
+    if device is not None and x.device != device:
+        raise InputError(f"input is on {x.device} but the model is on {device}; move it with x.to('{device}')")
+    if not bool(torch.isfinite(x).all()):
+        raise InputError("input contains NaN or inf values")
+
+
+def check_grad_mode() -> None:
+    """Raise :class:`GradModeError` inside ``torch.inference_mode()``, where autograd cannot run."""
+    if torch.is_inference_mode_enabled():
+        raise GradModeError(
+            "explanations need autograd, which torch.inference_mode() disables; "
+            "call the explainer outside inference_mode (torch.no_grad() is fine: "
+            "the backbone runs without grad anyway)"
+        )

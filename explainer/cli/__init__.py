@@ -1,0 +1,38 @@
+"""The ``deploycam`` command line: ``explain``, ``layers``, ``models``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from explainer.cli import demo_cmd, explain_cmd, layers_cmd
+from explainer.errors import DeployCamError
+
+_COMMANDS = (demo_cmd, explain_cmd, layers_cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser with one sub-command per module in ``_COMMANDS``."""
+    parser = argparse.ArgumentParser(
+        prog="deploycam",
+        description="Hook-free Grad-CAM-family explanations for PyTorch CNNs.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in _COMMANDS:
+        command.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (0 ok, 1 some inputs failed, 2 usage error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (DeployCamError, FileNotFoundError) as exc:
+        print(f"deploycam {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""``deploycam layers`` and ``deploycam models``: what can be explained, and where."""
+
+from __future__ import annotations
+
+import argparse
+
+from explainer.cli.common import add_model_args, model_from_args
+from explainer.layers import list_layers
+from explainer.models import available_models
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("layers", help="list a model's layers with output shapes, to pick --layer")
+    add_model_args(p, with_method=False)
+    p.add_argument("--size", type=int, default=224, help="probe input size (default 224)")
+    p.add_argument("--nodes", action="store_true", help="list every traced node (function calls too), not only modules")
+    p.add_argument("--all", action="store_true", help="also list layers without a spatial (N, C, h, w) output")
+    p.set_defaults(run=run_layers)
+    m = sub.add_parser("models", help="list the model names --model accepts")
+    m.set_defaults(run=run_models)
+
+
+def run_layers(args: argparse.Namespace) -> int:
+    loaded = model_from_args(args, quiet=True)
+    rows = list_layers(loaded.model, (1, 3, args.size, args.size), nodes=args.nodes)
+    shown = [r for r in rows if args.all or r.is_spatial]
+    width = max((len(r.name) for r in shown), default=10)
+    print(f"{'layer':<{width}}  {'type':<24} output shape (input {args.size}x{args.size})")
+    for r in shown:
+        note = "" if r.calls == 1 else f"  (called {r.calls}x: target one call by --nodes name)"
+        shape = "x".join(map(str, r.shape)) if r.shape else "-"
+        mark = "  <- default" if r.name == loaded.layer else ""
+        print(f"{r.name:<{width}}  {r.kind:<24} {shape}{note}{mark}")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    for name in available_models():
+        print(name + ("  (ImageNet weights bundled)" if name == "efficientnet-lite0" else ""))
+    return 0

@@ -1,0 +1,37 @@
+"""Gradients of the target scores with respect to the layer's activations, and nothing else."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from explainer.errors import DeployCamError
+
+
+def target_gradients(logits: Tensor, activations: Tensor, targets: Tensor) -> Tensor:
+    """d logits[n, targets[n, k]] / d activations, for every image n and target k.
+
+    Args:
+        logits: ``(N, num_classes)``, computed from ``activations`` with grad enabled.
+        activations: ``(N, C, h, w)`` leaf tensor with ``requires_grad=True``.
+        targets: ``(N, K)`` long class indices.
+
+    Returns:
+        ``(N, K, C, h, w)``. Only ``activations`` receives a gradient: autograd stops
+        there and never computes parameter gradients (nothing lands in ``.grad``).
+        K targets cost one batched backward pass (``is_grads_batched``), not K.
+        Images are independent (eval-mode batch norm), so summing over N is exact.
+    """
+    if not logits.requires_grad:
+        raise DeployCamError(
+            "the head's output does not depend on the activations through autograd; "
+            "gradient methods need a differentiable head (eigencam does not)"
+        )
+    scores = logits.gather(1, targets)  # (N, K)
+    k = targets.shape[1]
+    if k == 1:
+        (grad,) = torch.autograd.grad(scores.sum(), activations)
+        return grad.unsqueeze(1)
+    select = torch.eye(k, dtype=scores.dtype, device=scores.device)[:, None, :].expand(k, *scores.shape)
+    (grad,) = torch.autograd.grad(scores, activations, grad_outputs=select, is_grads_batched=True)
+    return grad.transpose(0, 1)

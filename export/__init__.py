@@ -1,0 +1,1 @@
+"""Export explanations to TorchScript and ONNX (see the export issue; work in progress)."""

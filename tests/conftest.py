@@ -1,0 +1,60 @@
+"""Shared fixtures: seeded torchvision models, the real EfficientNet-Lite0, the sample photos."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torchvision
+
+from explainer.imaging import Preprocess, sample_images
+from explainer.models import load_model
+
+#: (architecture, target layer) pairs the method tests cover; "efficientnet-lite0" has real weights.
+ARCHITECTURES = [
+    ("resnet18", "layer4"),
+    ("vgg11", "features"),
+    ("densenet121", "features"),
+    ("mobilenet_v3_small", "features"),
+    ("efficientnet_b0", "features"),
+    ("convnext_tiny", "features"),
+    ("efficientnet-lite0", "_conv_head"),
+]
+
+
+@functools.lru_cache(maxsize=None)
+def seeded_model(name: str, seed: int = 0) -> torch.nn.Module:
+    """An eval-mode model with seeded random weights (or the real Lite0 weights), built once per session."""
+    if name.startswith("efficientnet-lite"):
+        return load_model(name).model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torchvision.models.get_model(name, weights=None).eval()
+
+
+@pytest.fixture(scope="session")
+def lite0() -> torch.nn.Module:
+    return seeded_model("efficientnet-lite0")
+
+
+@pytest.fixture(scope="session")
+def resnet18() -> torch.nn.Module:
+    return seeded_model("resnet18")
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict:
+    return sample_images()
+
+
+@pytest.fixture(scope="session")
+def photo_batch(photos) -> torch.Tensor:
+    """chelsea and coffee, preprocessed: (2, 3, 224, 224)."""
+    pre = Preprocess()
+    return torch.stack([pre(photos["chelsea"])[0], pre(photos["coffee"])[0]])
+
+
+def random_input(n: int = 2, size: int = 64, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=gen)

@@ -1,0 +1,113 @@
+"""Independent float64 oracle for the tests.
+
+Activations and gradients come from the *whole* model run in float64 with a
+forward hook on the target module (hooks are fine here, in the tests, and
+nowhere in the product), and every CAM formula is restated plainly in NumPy.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+
+def activations_and_gradients(model, layer: str, x: torch.Tensor, targets: list[int]):
+    """A (N, C, h, w), G = d logit[target] / dA (N, C, h, w), logits (N, K): float64 NumPy."""
+    m = copy.deepcopy(model).double().eval()
+    module = dict(m.named_modules())[layer]
+    store = {}
+
+    def keep(_module, _inputs, output):
+        leaf = output.detach().clone().requires_grad_(True)
+        store["A"] = leaf
+        return leaf * 1.0  # later in-place ops (DenseNet's ReLU) must not touch the leaf
+
+    handle = module.register_forward_hook(keep)
+    try:
+        logits = m(x.double())
+    finally:
+        handle.remove()
+    score = logits[torch.arange(len(targets)), torch.tensor(targets)].sum()
+    (grad,) = torch.autograd.grad(score, store["A"])
+    return store["A"].detach().numpy(), grad.numpy(), logits.detach().numpy()
+
+
+def relu(a):
+    return np.maximum(a, 0.0)
+
+
+def weighted(w, A):
+    """relu(sum_c w[n, c] A[n, c])"""
+    return relu((w[:, :, None, None] * A).sum(axis=1))
+
+
+def gradcam(A, G):
+    return weighted(G.mean(axis=(2, 3)), A)
+
+
+def gradcam_pp(A, G):
+    g2, g3 = G**2, G**3
+    sum_a = A.sum(axis=(2, 3))[:, :, None, None]
+    alpha = g2 / (2 * g2 + sum_a * g3 + 1e-6)
+    alpha = np.where(G != 0, alpha, 0.0)
+    return weighted((relu(G) * alpha).sum(axis=(2, 3)), A)
+
+
+def xgradcam(A, G):
+    w = (G * A).sum(axis=(2, 3)) / (A.sum(axis=(2, 3)) + 1e-7)
+    return weighted(w, A)
+
+
+def hirescam(A, G):
+    return relu((G * A).sum(axis=1))
+
+
+def gradcam_elementwise(A, G):
+    return relu(relu(G * A).sum(axis=1))
+
+
+def layercam(A, G):
+    return relu((relu(G) * A).sum(axis=1))
+
+
+def first_component(F):
+    """Per image: centred (hw, C) matrix projected on VT[0] (full SVD), sign so it correlates with the channel mean."""
+    out = []
+    for f in F:
+        c, h, w = f.shape
+        M = f.reshape(c, h * w).T
+        M = M - M.mean(axis=0)
+        _, _, vt = np.linalg.svd(M, full_matrices=True)
+        p = M @ vt[0]
+        ref = f.reshape(c, h * w).mean(axis=0)
+        if np.sum((p - p.mean()) * (ref - ref.mean())) < 0:
+            p = -p
+        out.append(relu(p).reshape(h, w))
+    return np.stack(out)
+
+
+def eigencam(A, G):
+    return first_component(A)
+
+
+def eigengradcam(A, G):
+    return first_component(G * A)
+
+
+def cam(A, W, targets):
+    """relu(sum_c W[target, c] A_c) for a pooling + linear head with weight W (num_classes, C)."""
+    return weighted(W[targets], A)
+
+
+FORMULAS = {
+    "gradcam": gradcam,
+    "gradcam++": gradcam_pp,
+    "xgradcam": xgradcam,
+    "hirescam": hirescam,
+    "gradcam-elementwise": gradcam_elementwise,
+    "layercam": layercam,
+    "eigencam": eigencam,
+    "eigengradcam": eigengradcam,
+}

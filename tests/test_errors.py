@@ -1,0 +1,132 @@
+"""Bad input: a specific error that names the problem and what is allowed."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from explainer import (
+    DeployCamError,
+    Explainer,
+    GradModeError,
+    InputError,
+    LayerNotFoundError,
+    LayerShapeError,
+    MethodError,
+    ModelOutputError,
+    TargetError,
+)
+from tests.conftest import random_input, seeded_model
+
+
+@pytest.fixture(scope="module")
+def exp():
+    return Explainer(seeded_model("resnet18"), "layer4")
+
+
+def test_unknown_layer_lists_close_matches():
+    with pytest.raises(LayerNotFoundError, match=r"layer5.*closest:.*layer4"):
+        Explainer(seeded_model("resnet18"), "layer5")
+
+
+def test_unknown_layer_typo_in_a_nested_name():
+    with pytest.raises(LayerNotFoundError, match=r"layer4\.1\.conv1"):
+        Explainer(seeded_model("resnet18"), "layer4.1.cnv1")
+
+
+def test_layer_without_a_spatial_map(exp):
+    with pytest.raises(LayerShapeError, match=r"not a spatial \(N, C, h, w\) map.*reshape"):
+        Explainer(seeded_model("resnet18"), "fc")(random_input(1, 64))
+    with pytest.raises(LayerShapeError, match="1x1 map has no spatial extent"):
+        Explainer(seeded_model("resnet18"), "avgpool")(random_input(1, 64))
+
+
+@pytest.mark.parametrize(
+    "x, pattern",
+    [
+        (torch.randn(3, 64, 64), r"4-D \(N, C, H, W\).*unsqueeze"),
+        (torch.randn(1, 1, 64, 64), "1 channels but the model's first convolution expects 3"),
+        (torch.randint(0, 255, (1, 3, 64, 64), dtype=torch.uint8), "dtype is torch.uint8"),
+        (torch.randn(1, 3, 64, 64, dtype=torch.float64), "does not match the model's torch.float32"),
+        (torch.randn(0, 3, 64, 64), "empty"),
+        (torch.full((1, 3, 64, 64), float("nan")), "NaN or inf"),
+        (torch.full((1, 3, 64, 64), float("inf")), "NaN or inf"),
+        (torch.randn(1, 3, 64, 64, device="meta"), "is on meta but the model is on cpu"),
+        ([[1.0]], "must be a torch.Tensor"),
+    ],
+    ids=["3d", "channels", "uint8", "float64", "empty", "nan", "inf", "device", "list"],
+)
+def test_bad_inputs(exp, x, pattern):
+    with pytest.raises(InputError, match=pattern):
+        exp(x)
+
+
+def test_too_small_input_is_reported_not_a_deep_traceback():
+    exp = Explainer(seeded_model("vgg11"), "features")
+    with pytest.raises(InputError, match=r"could not run on an input of shape \(1, 3, 8, 8\)"):
+        exp(torch.randn(1, 3, 8, 8))
+
+
+@pytest.mark.parametrize(
+    "targets, pattern",
+    [
+        (1000, r"out of range.*\[0, 1000\)"),
+        (-1, "out of range"),
+        ([1, 2, 3], "3 targets for a batch of 2"),
+        (torch.tensor([0.5, 1.0]), "integer class indices"),
+        (torch.zeros(2, 2, 2, dtype=torch.long), r"\(N,\) or \(N, K\)"),
+        ("cat", "must be None, an int"),
+    ],
+    ids=["too-high", "negative", "length", "float", "rank3", "str"],
+)
+def test_bad_targets(exp, targets, pattern):
+    with pytest.raises(TargetError, match=pattern):
+        exp(random_input(2, 64), targets)
+
+
+def test_topk_out_of_range(exp):
+    with pytest.raises(TargetError, match="topk"):
+        exp(random_input(1, 64), topk=0)
+
+
+def test_unknown_method_lists_them():
+    with pytest.raises(MethodError, match=r"did you mean gradcam.*known methods: gradcam, gradcam\+\+"):
+        Explainer(seeded_model("resnet18"), "layer4", "gradcamm")
+
+
+def test_inference_mode_is_refused_with_advice(exp):
+    with torch.inference_mode(), pytest.raises(GradModeError, match="no_grad"):
+        exp(random_input(1, 64))
+
+
+class DictNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return {"out": self.fc(self.conv(x).mean(dim=(2, 3)))}
+
+
+def test_model_output_that_is_not_logits():
+    with pytest.raises(ModelOutputError, match=r"needs logits of shape \(N=1, num_classes\)"):
+        Explainer(DictNet().eval(), "conv")(random_input(1, 16))
+
+
+def test_non_differentiable_head_from_parts():
+    conv = nn.Conv2d(3, 4, 3).eval()
+    exp = Explainer.from_parts(conv, lambda a: a.detach().mean(dim=(2, 3)))
+    with pytest.raises(DeployCamError, match="differentiable head"):
+        exp(random_input(1, 16))
+
+
+def test_training_mode_warns():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+    with pytest.warns(UserWarning, match="training mode"):
+        Explainer(model, "0")
+
+
+def test_errors_are_value_errors_too():
+    assert issubclass(LayerNotFoundError, ValueError) and issubclass(InputError, ValueError)
