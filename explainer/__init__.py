@@ -9,6 +9,7 @@
 from explainer.core import Explainer
 from explainer.errors import (
     DeployCamError,
+    ExportError,
     GradModeError,
     InputError,
     LayerNotFoundError,
@@ -30,6 +31,6 @@ __all__ = [
     "Explainer", "Explanation", "METHODS", "CamMethod", "get_method",
     "overlay", "make_grid", "list_layers", "LayerInfo", "split_model", "SplitModel",
     "normalize_maps", "upsample_maps",
-    "DeployCamError", "GradModeError", "InputError", "LayerNotFoundError", "LayerShapeError",
+    "DeployCamError", "ExportError", "GradModeError", "InputError", "LayerNotFoundError", "LayerShapeError",
     "MethodError", "ModelOutputError", "NonFiniteError", "TargetError", "TraceError",
 ]

@@ -52,6 +52,10 @@ class ModelOutputError(DeployCamError, ValueError):
     """The model's output is not a ``(N, num_classes)`` logits tensor."""
 
 
+class ExportError(DeployCamError, RuntimeError):
+    """A method, model or layer that cannot be exported, or a file that is not an exported graph."""
+
+
 def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]:
     """The candidates closest to ``name`` (difflib ratio, then shared prefix), best first."""
     pool = list(dict.fromkeys(candidates))

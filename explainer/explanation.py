@@ -15,7 +15,8 @@ class Explanation:
     Attributes:
         logits: ``(N, num_classes)`` raw model outputs.
         targets: ``(N,)`` long class indices, or ``(N, K)`` when K classes per image were asked for.
-        raw: the method's map at feature resolution, before normalisation: ``(N, h, w)`` or ``(N, K, h, w)``.
+        raw: the method's map at feature resolution, before normalisation: ``(N, h, w)`` or ``(N, K, h, w)``;
+            None for results of exported graphs, which output only the normalised map.
         cams: ``raw`` min-max normalised per map (``(m - min) / (max - min + 1e-7)``) and bilinearly
             upsampled to the input's ``H x W``: ``(N, H, W)`` or ``(N, K, H, W)``, values in [0, 1].
         method: the method's registry name.
@@ -24,7 +25,7 @@ class Explanation:
 
     logits: Tensor
     targets: Tensor
-    raw: Tensor
+    raw: Tensor | None
     cams: Tensor
     method: str = ""
     layer: str = ""
@@ -43,9 +44,8 @@ class Explanation:
             "logits": self.logits.detach().cpu().numpy(),
             "probabilities": self.probabilities.cpu().numpy(),
             "targets": self.targets.cpu().numpy(),
-            "raw": self.raw.detach().cpu().numpy(),
             "cams": self.cams.detach().cpu().numpy(),
-        }
+        } | ({} if self.raw is None else {"raw": self.raw.detach().cpu().numpy()})
 
     def cam_numpy(self, index: int = 0, k: int = 0) -> np.ndarray:
         """One map ``(H, W)`` as float32 NumPy: image ``index``, target ``k`` (ignored without a K axis)."""

@@ -27,11 +27,21 @@ def target_gradients(logits: Tensor, activations: Tensor, targets: Tensor) -> Te
             "the head's output does not depend on the activations through autograd; "
             "gradient methods need a differentiable head (eigencam does not)"
         )
-    scores = logits.gather(1, targets)  # (N, K)
     k = targets.shape[1]
     if k == 1:
-        (grad,) = torch.autograd.grad(scores.sum(), activations)
-        return grad.unsqueeze(1)
+        return single_target_gradient(logits, activations, targets[:, 0])
+    scores = logits.gather(1, targets)  # (N, K)
     select = torch.eye(k, dtype=scores.dtype, device=scores.device)[:, None, :].expand(k, *scores.shape)
     (grad,) = torch.autograd.grad(scores, activations, grad_outputs=select, is_grads_batched=True)
     return grad.transpose(0, 1)
+
+
+def single_target_gradient(logits: Tensor, activations: Tensor, target: Tensor) -> Tensor:
+    """d logits[n, target[n]] / d activations as ``(N, 1, C, h, w)``; ``target`` is ``(N,)`` long.
+
+    TorchScript-compatible: the exported TorchScript graphs call this same function.
+    """
+    score = logits.gather(1, target.unsqueeze(1)).sum()
+    grad = torch.autograd.grad([score], [activations])[0]
+    assert grad is not None
+    return grad.unsqueeze(1)

@@ -9,14 +9,14 @@ from torch import Tensor
 NORM_EPS = 1e-7
 
 
-def normalize_maps(raw: Tensor) -> Tensor:
+def normalize_maps(raw: Tensor, eps: float = NORM_EPS) -> Tensor:
     """Min-max normalise each map over its last two axes: ``(m - min) / (max - min + 1e-7)``.
 
     ``raw``: ``(..., h, w)``; returns the same shape, values in [0, 1].
     """
     lo = raw.amin(dim=(-2, -1), keepdim=True)
     hi = raw.amax(dim=(-2, -1), keepdim=True)
-    return (raw - lo) / (hi - lo + NORM_EPS)
+    return (raw - lo) / (hi - lo + eps)
 
 
 def upsample_maps(maps: Tensor, height: int, width: int) -> Tensor:

@@ -1,1 +1,16 @@
-"""Export explanations to TorchScript and ONNX (see the export issue; work in progress)."""
+"""Export the explanation (gradient included) to TorchScript and ONNX, and run exported files.
+
+    from export import to_onnx, to_torchscript, load
+    to_onnx(explainer, "gradcam.onnx", example_images)            # part="full"
+    to_torchscript(explainer, "gradcam.pt", example_images, part="head")
+    rt = load("gradcam.onnx", device="cuda")                       # ONNX Runtime or torch.jit
+    result = rt(images, targets=None)                              # an explainer.Explanation
+"""
+
+from export.onnx_graph import model_to_onnx, to_onnx
+from export.parts import PARTS, GraphInfo
+from export.runtime import GraphRuntime, OnnxRuntimeExplainer, TorchScriptExplainer, load
+from export.torchscript import to_torchscript
+
+__all__ = ["to_onnx", "model_to_onnx", "to_torchscript", "load", "PARTS", "GraphInfo", "GraphRuntime",
+           "OnnxRuntimeExplainer", "TorchScriptExplainer"]

@@ -58,3 +58,27 @@ def photo_batch(photos) -> torch.Tensor:
 def random_input(n: int = 2, size: int = 64, seed: int = 1) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(n, 3, size, size, generator=gen)
+
+
+@functools.lru_cache(maxsize=None)
+def calibrated_model(name: str, size: int = 64, seed: int = 0) -> torch.nn.Module:
+    """A seeded random model whose batch-norm statistics are estimated on random images.
+
+    Untrained torchvision models with default statistics shrink activations to ~1e-15 by the
+    logits (EfficientNet, MobileNet), making the top class a near-tie; calibrated ones have
+    O(1) activations, so "same predicted class" is a meaningful check. Lite0 keeps its real weights.
+    """
+    if name.startswith("efficientnet-lite"):
+        return load_model(name).model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(name, weights=None)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average
+        model.train()
+        with torch.no_grad():
+            for _ in range(3):
+                model(torch.randn(8, 3, size, size))
+    return model.eval()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from explainer.core import Explainer
+from explainer.explanation import Explanation
 from explainer.imaging import IMAGE_SUFFIXES, Preprocess
 from explainer.labels import label_of
 from explainer.methods import METHODS
@@ -69,7 +70,7 @@ class ImageResult:
 
 
 def explain_batch(
-    explainer: Explainer,
+    explainer: Explainer | Callable[..., Explanation],
     names: Sequence[str],
     images: Sequence[np.ndarray],
     preprocess: Preprocess,
@@ -82,6 +83,7 @@ def explain_batch(
 ) -> list[ImageResult]:
     """Explain a batch of RGB images, write one overlay PNG per image and class (+ a grid when several).
 
+    ``explainer`` is an :class:`Explainer` or a runtime from :func:`export.load` (same call).
     Returns one :class:`ImageResult` per image.
     """
     tensors, views = zip(*(preprocess(image) for image in images))
@@ -101,12 +103,12 @@ def explain_batch(
         for k, cls in enumerate(targets[i].tolist()):
             label, p = label_of(cls, num_classes), float(probs[i, cls])
             found.append((cls, label, p))
-            path = os.path.join(out_dir, f"{stem}_{cls}_{explainer.method.name}.png")
+            path = os.path.join(out_dir, f"{stem}_{cls}_{result.method}.png")
             save_png(path, overlay(view, cams[i, k], colormap, alpha))
             files.append(path)
             titles.append(f"{cls} {label} {p:.2f}")
         if len(found) > 1:
-            path = os.path.join(out_dir, f"{stem}_grid_{explainer.method.name}.png")
+            path = os.path.join(out_dir, f"{stem}_grid_{result.method}.png")
             save_png(path, make_grid(view, list(cams[i]), titles, colormap, alpha))
             files.append(path)
         out.append(ImageResult(name, found, files))

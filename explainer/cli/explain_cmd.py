@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="deploycam-out", help="directory for the PNGs (default ./deploycam-out)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--runtime", default=None, metavar="FILE",
+                   help="explain with an exported graph (.onnx via ONNX Runtime, .pt via TorchScript; part full) "
+                        "instead of eager PyTorch; --model/--layer/--method are then ignored")
     add_picture_args(p)
     p.set_defaults(run=run)
 
@@ -44,9 +47,17 @@ def run(args: argparse.Namespace) -> int:
     paths = list(iter_image_paths(args.paths))
     if not paths:
         raise InputError(f"no image files found in {', '.join(args.paths)}")
-    loaded = model_from_args(args)
-    model = loaded.model.to(args.device)
-    explainer = Explainer(model, args.layer or loaded.layer, args.method)
+    if args.runtime:
+        from export import load
+
+        explainer = load(args.runtime, device=args.device)
+        if explainer.info.part != "full":
+            raise InputError(f"{args.runtime} is a part={explainer.info.part!r} graph; explaining images needs part='full'")
+        what = f"{explainer.info.method} at {explainer.info.layer}, {explainer.backend}"
+    else:
+        loaded = model_from_args(args)
+        explainer = Explainer(loaded.model.to(args.device), args.layer or loaded.layer, args.method)
+        what = f"{explainer.method.name} at {explainer.layer} of {loaded.name}"
     preprocess = Preprocess(resize=args.resize)
     os.makedirs(args.out, exist_ok=True)
 
@@ -71,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
                 tqdm.write(f"{r.name}: {format_classes(r.classes)}")
                 written += len(r.files)
             bar.update(len(images))
-    print(f"wrote {written} PNG(s) to {args.out} ({explainer.method.name} at {explainer.layer} of {loaded.name})")
+    print(f"wrote {written} PNG(s) to {args.out} ({what})")
     if failures:
         print(f"{failures} of {len(paths)} image(s) could not be read", file=sys.stderr)
         return 1

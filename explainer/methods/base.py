@@ -34,6 +34,8 @@ class CamMethod:
         class_specific: False when the map is the same for every class.
         requires_linear_head: True when the method is only defined for heads that
             are global average pooling followed by a linear layer (CAM).
+        uses_svd: True when the map needs a singular value decomposition (no ONNX operator exists
+            for it, so such methods export to TorchScript only).
         summary: one line for help texts.
     """
 
@@ -43,6 +45,7 @@ class CamMethod:
     needs_gradient: bool = True
     class_specific: bool = True
     requires_linear_head: bool = False
+    uses_svd: bool = False
 
 
 def weighted_sum(channel_weights: Tensor, activations: Tensor) -> Tensor:

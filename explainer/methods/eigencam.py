@@ -37,5 +37,5 @@ def eigencam(activations: Tensor, gradients: Tensor) -> Tensor:
 
 METHOD = CamMethod(
     "eigencam", eigencam, "first principal component of the activations (class-agnostic, no gradient)",
-    needs_gradient=False, class_specific=False,
+    needs_gradient=False, class_specific=False, uses_svd=True,
 )

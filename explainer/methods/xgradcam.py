@@ -7,11 +7,11 @@ from explainer.methods.base import CamMethod, weighted_sum
 EPS = 1e-7
 
 
-def xgradcam(activations: Tensor, gradients: Tensor) -> Tensor:
+def xgradcam(activations: Tensor, gradients: Tensor, eps: float = EPS) -> Tensor:
     """XGrad-CAM map; shapes as in :mod:`explainer.methods.base`."""
     a = activations.unsqueeze(1)
     a_sum = a.sum(dim=(-2, -1))
-    weights = (gradients * a).sum(dim=(-2, -1)) / (a_sum + EPS)
+    weights = (gradients * a).sum(dim=(-2, -1)) / (a_sum + eps)
     return weighted_sum(weights, activations)
 
 

@@ -1,0 +1,80 @@
+// deploycam C++ caller: load an exported TorchScript explanation and run it with libtorch.
+//
+//   deploycam_cam MODEL.pt INPUT.f32 N C H W OUT_PREFIX [TARGET]
+//
+// INPUT.f32 holds N*C*H*W little-endian float32 values (a preprocessed image batch, NCHW;
+// examples/cpp/prepare_input.py writes one). Writes OUT_PREFIX.cam.f32 (N*H*W float32, the
+// normalised maps in [0, 1]), OUT_PREFIX.logits.f32 (N*K float32), OUT_PREFIX_<n>.pgm (each map
+// as an 8-bit grey picture), and prints "image <n>: class <k>" for each image.
+//
+// The graph calls torch.autograd.grad: do NOT run it under c10::InferenceMode.
+// torch::NoGradGuard is fine (the graph enables grad where it needs it).
+#include <torch/script.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <string>
+#include <vector>
+
+namespace {
+
+std::vector<float> read_floats(const std::string& path, std::size_t count) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot open " + path);
+  std::vector<float> data(count);
+  in.read(reinterpret_cast<char*>(data.data()), static_cast<std::streamsize>(count * sizeof(float)));
+  if (in.gcount() != static_cast<std::streamsize>(count * sizeof(float)))
+    throw std::runtime_error(path + " holds fewer than N*C*H*W float32 values");
+  return data;
+}
+
+void write_floats(const std::string& path, const torch::Tensor& t) {
+  auto c = t.contiguous().to(torch::kFloat32).cpu();
+  std::ofstream out(path, std::ios::binary);
+  out.write(reinterpret_cast<const char*>(c.data_ptr<float>()), static_cast<std::streamsize>(c.numel() * sizeof(float)));
+}
+
+void write_pgm(const std::string& path, const torch::Tensor& map) {  // map: (H, W) in [0, 1]
+  auto bytes = (map.clamp(0, 1) * 255.0 + 0.5).to(torch::kUInt8).contiguous().cpu();
+  std::ofstream out(path, std::ios::binary);
+  out << "P5\n" << map.size(1) << " " << map.size(0) << "\n255\n";
+  out.write(reinterpret_cast<const char*>(bytes.data_ptr<std::uint8_t>()), bytes.numel());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 8) {
+    std::cerr << "usage: " << argv[0] << " MODEL.pt INPUT.f32 N C H W OUT_PREFIX [TARGET]\n";
+    return 2;
+  }
+  try {
+    const std::string model_path = argv[1], input_path = argv[2], prefix = argv[7];
+    const int64_t n = std::atoll(argv[3]), c = std::atoll(argv[4]), h = std::atoll(argv[5]), w = std::atoll(argv[6]);
+    torch::jit::script::Module module = torch::jit::load(model_path);
+
+    auto data = read_floats(input_path, static_cast<std::size_t>(n * c * h * w));
+    auto input = torch::from_blob(data.data(), {n, c, h, w}, torch::kFloat32).clone();
+    std::vector<torch::jit::IValue> args{input};
+    if (argc > 8) args.emplace_back(torch::full({n}, std::atoll(argv[8]), torch::kLong));
+
+    torch::NoGradGuard no_grad;  // allowed; InferenceMode is not
+    auto outputs = module.forward(args).toTuple();
+    auto logits = outputs->elements()[0].toTensor();
+    auto cam = outputs->elements()[1].toTensor();
+
+    write_floats(prefix + ".cam.f32", cam);
+    write_floats(prefix + ".logits.f32", logits);
+    auto classes = logits.argmax(1);
+    for (int64_t i = 0; i < n; ++i) {
+      write_pgm(prefix + "_" + std::to_string(i) + ".pgm", cam[i]);
+      std::cout << "image " << i << ": class " << classes[i].item<int64_t>() << "\n";
+    }
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,146 @@
+"""What an exported graph is made of: the explainer's split parts, the method, the metadata."""
+
+
+import json
+import operator
+from dataclasses import asdict, dataclass
+from typing import Tuple
+
+import torch
+from torch import Tensor, fx, nn
+
+from explainer.core import Explainer
+from explainer.errors import ExportError, InputError
+from explainer.methods import CamMethod
+
+PARTS = ("full", "head")
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """Metadata saved inside every exported file (ONNX metadata_props / TorchScript extra file).
+
+    Attributes:
+        part: ``"full"`` (image -> logits, cam (N, H, W)) or ``"head"`` (activations -> logits, cam (N, h, w)).
+        method, layer: what the map is.
+        input_shape: ``(C, H, W)`` of the graph's first input (the image, or the activations).
+        image_size: ``(H, W)`` of the images the example was made with.
+        num_classes: number of logits.
+        format: ``"onnx"`` or ``"torchscript"``.
+    """
+
+    part: str
+    method: str
+    layer: str
+    input_shape: tuple[int, int, int]
+    image_size: tuple[int, int]
+    num_classes: int
+    format: str
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "GraphInfo":
+        data = json.loads(text)
+        data["input_shape"] = tuple(data["input_shape"])
+        data["image_size"] = tuple(data["image_size"])
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ExportParts:
+    """The pieces an exporter needs, checked.
+
+    Attributes:
+        backbone: ``x -> (activations, *skips)`` module.
+        head: ``(activations, *skips) -> logits`` module.
+        method: the CAM method.
+        activations: example activations ``(N, C, h, w)`` from ``example_input``.
+        skips: example skip tensors.
+        info: metadata for the file (format filled in by the exporter).
+    """
+
+    backbone: nn.Module
+    head: nn.Module
+    method: CamMethod
+    activations: Tensor
+    skips: tuple[Tensor, ...]
+    info: GraphInfo
+
+
+def export_parts(explainer: Explainer, example_input: Tensor, part: str, fmt: str) -> ExportParts:
+    """Check that ``explainer`` can be exported as ``part`` and run the example through it once."""
+    if part not in PARTS:
+        raise ExportError(f"part must be one of {PARTS}, got {part!r}")
+    backbone, head = explainer.backbone, explainer.head
+    if getattr(backbone, "training", False) or getattr(head, "training", False):
+        raise ExportError("the model is in training mode (batch norm and dropout would be exported as such); "
+                          "call model.eval() before exporting")
+    if not isinstance(backbone, nn.Module) or not isinstance(head, nn.Module):
+        raise ExportError("export needs the backbone and head as nn.Modules (Explainer.from_parts was given plain callables)")
+    if not isinstance(example_input, Tensor) or example_input.ndim != 4:
+        raise InputError("example_input must be an image batch tensor of shape (N, C, H, W)")
+    with torch.no_grad():
+        packed = backbone(example_input)
+        packed = (packed,) if isinstance(packed, Tensor) else tuple(packed)
+        activations, skips = packed[0], packed[1:]
+        logits = head(activations.clone(), *skips)
+    if any(not isinstance(s, Tensor) for s in skips):
+        raise ExportError(f"the head at {explainer.layer!r} reads non-tensor values from the backbone; pick another layer")
+    if part == "head" and skips:
+        raise ExportError(
+            f"the head at {explainer.layer!r} also reads {len(skips)} tensor(s) computed before the layer "
+            "(a residual or concatenation input), so it cannot run from the activations alone; "
+            "export part='full', or pick a layer at a block boundary (e.g. 'layer4', not 'layer4.0.bn2')"
+        )
+    if activations.ndim != 4:
+        raise ExportError(f"layer {explainer.layer!r} outputs {tuple(activations.shape)}, not (N, C, h, w)")
+    first = example_input if part == "full" else activations
+    info = GraphInfo(
+        part=part, method=explainer.method.name, layer=explainer.layer,
+        input_shape=tuple(int(d) for d in first.shape[1:]),
+        image_size=(int(example_input.shape[-2]), int(example_input.shape[-1])),
+        num_classes=int(logits.shape[1]), format=fmt,
+    )
+    return ExportParts(backbone, head, explainer.method, activations, tuple(skips), info)
+
+
+class MethodModule(nn.Module):
+    """Wraps a method's ``compute`` function as a module (TorchScript compiles the function itself)."""
+
+
+def method_module(method: CamMethod) -> nn.Module:
+    """A module whose forward is ``method.compute(activations (N, C, h, w), gradients (N, 1, C, h, w))``."""
+    fn = method.compute
+
+    class _Method(MethodModule):
+        def forward(self, activations: Tensor, gradients: Tensor) -> Tensor:
+            return fn(activations, gradients)
+
+    _Method.__name__ = f"Method_{method.name.replace('-', '_').replace('+', 'p')}"
+    return _Method()
+
+
+def head_caller(head: nn.Module, n_packed: int) -> fx.GraphModule:
+    """``(activations, packed: Tuple[Tensor, ...]) -> head(activations, *packed[1:])`` as scriptable code.
+
+    ``packed`` is the backbone's whole output; its first item (the activations
+    without grad) is not used, the skips after it are.
+    """
+    graph = fx.Graph()
+    activations = graph.placeholder("activations")
+    packed = graph.placeholder("packed")
+    packed.type = Tuple[(Tensor,) * n_packed]
+    skips = [graph.call_function(operator.getitem, (packed, i)) for i in range(1, n_packed)]
+    graph.output(graph.call_module("head", (activations, *skips)))
+    root = nn.Module()
+    root.head = head
+    return fx.GraphModule(root, graph, class_name="HeadCaller")
+
+
+class AsTuple(nn.Module):
+    """The "backbone" of a head-only graph: the activations themselves, as a 1-tuple."""
+
+    def forward(self, activations: Tensor) -> Tuple[Tensor]:
+        return (activations,)

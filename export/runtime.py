@@ -1,0 +1,195 @@
+"""Run an exported explanation (ONNX Runtime or TorchScript) like the eager explainer.
+
+``export.load(path)`` returns a callable ``rt(x, targets=None) -> Explanation``
+whatever the file's format; ``rt.backend`` says what runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+import zipfile
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from explainer.checks import check_grad_mode
+from explainer.errors import ExportError, InputError, TargetError
+from explainer.explanation import Explanation
+from explainer.targets import Targets, resolve_targets
+from export.onnx_graph import METADATA_KEY
+from export.parts import GraphInfo
+from export.torchscript import METADATA_FILE
+
+
+class GraphRuntime:
+    """Common input checks and result packing; subclasses run one graph call ``(x, target) -> (logits, cam)``.
+
+    Attributes:
+        info: the metadata stored in the file (part, method, layer, input shape, classes).
+        backend: e.g. ``"onnxruntime/CPUExecutionProvider"`` or ``"torchscript/cpu"``.
+    """
+
+    info: GraphInfo
+    backend: str
+    fixed_size: bool = True
+
+    def __call__(self, x: Tensor | np.ndarray, targets: Targets = None, *, topk: int | None = None) -> Explanation:
+        """Explain a batch ``(N, C, H, W)`` (images for part "full", activations for "head").
+
+        ``targets`` as for :class:`explainer.Explainer` (None: argmax; int; N ints; ``(N, K)``, run K
+        times); or ``topk``: each image's k best classes (one run for the scores, then k).
+        ``cams`` is ``(N, H, W)`` for "full" and ``(N, h, w)`` for "head"; ``raw`` is None.
+        """
+        x = self._check_input(x)
+        n = x.shape[0]
+        if targets is None:
+            logits, cam = self._run(x, None)
+            if topk is None:
+                return self._pack(logits, logits.argmax(dim=1), cam)
+            if not 1 <= int(topk) <= logits.shape[1]:
+                raise TargetError(f"topk must be in [1, {logits.shape[1]}] (the number of classes), got {topk}")
+            targets = logits.topk(int(topk), dim=1).indices
+        elif topk is not None:
+            raise TargetError("give either targets or topk, not both")
+        chosen, keep_k = resolve_targets(targets, torch.empty(n, self.info.num_classes))
+        runs = [self._run(x, chosen[:, k].contiguous()) for k in range(chosen.shape[1])]
+        logits = runs[0][0]
+        if keep_k:
+            return self._pack(logits, chosen, torch.stack([cam for _, cam in runs], dim=1))
+        return self._pack(logits, chosen[:, 0], runs[0][1])
+
+    def _pack(self, logits: Tensor, targets: Tensor, cams: Tensor) -> Explanation:
+        return Explanation(logits, targets.to(torch.long), None, cams, self.info.method, self.info.layer)
+
+    def _check_input(self, x: Tensor | np.ndarray) -> Tensor:
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        if not isinstance(x, Tensor):
+            raise InputError(f"input must be a torch tensor or NumPy array, got {type(x).__name__}")
+        what = "image" if self.info.part == "full" else "activations"
+        c, h, w = self.info.input_shape
+        if x.ndim != 4:
+            raise InputError(f"input must be a 4-D (N, C, H, W) {what} batch; got shape {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            raise InputError("input batch is empty (N = 0)")
+        if x.dtype != torch.float32:
+            raise InputError(f"input dtype is {x.dtype}; the exported graph takes float32 (x.float())")
+        if x.shape[1] != c or (self.fixed_size and tuple(x.shape[2:]) != (h, w)):
+            expected = f"(N, {c}, {h}, {w})" if self.fixed_size else f"(N, {c}, H, W)"
+            raise InputError(
+                f"this graph was exported for {what} inputs of shape {expected}; got {tuple(x.shape)}"
+                + (" (export again with an example of the new size)" if self.fixed_size else "")
+            )
+        if not bool(torch.isfinite(x).all()):
+            raise InputError("input contains NaN or inf values")
+        return x
+
+    def _run(self, x: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.info.method} at {self.info.layer}, part={self.info.part}, {self.backend})"
+
+
+class OnnxRuntimeExplainer(GraphRuntime):
+    """An ``.onnx`` explanation run by ONNX Runtime."""
+
+    def __init__(self, path: str, device: str = "cpu", providers: Sequence[str] | None = None,
+                 strict: bool = False, threads: int | None = None, spin: bool = True) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise ExportError("running .onnx files needs onnxruntime: pip install 'deploycam[onnx]' "
+                              "(or 'deploycam[gpu]' for onnxruntime-gpu)") from exc
+        wanted = list(providers) if providers else (
+            ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+        )
+        available = ort.get_available_providers()
+        missing = [p for p in wanted if p not in available]
+        if missing:
+            message = (f"ONNX Runtime here lacks {', '.join(missing)} (available: {', '.join(available)}); "
+                       "install onnxruntime-gpu (pip install 'deploycam[gpu]') for CUDA")
+            if strict:
+                raise ExportError(message)
+            warnings.warn(message + "; falling back to CPUExecutionProvider", RuntimeWarning, stacklevel=3)
+            wanted = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # the optional `target` input makes ORT warn at load time
+        if threads:
+            options.intra_op_num_threads = threads
+        if not spin:  # idle threads stop spinning: fairer when PyTorch runs in between
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(path, sess_options=options, providers=wanted)
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise ExportError(f"{path} is not an ONNX model ONNX Runtime can load: {exc}") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if METADATA_KEY not in meta:
+            raise ExportError(f"{path} is an ONNX model but not one exported by deploycam (no '{METADATA_KEY}' metadata)")
+        self.info = GraphInfo.from_json(meta[METADATA_KEY])
+        self.provider = self.session.get_providers()[0]
+        self.backend = f"onnxruntime/{self.provider}"
+        self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
+        self._input_name = self.session.get_inputs()[0].name
+
+    def _run(self, x: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:
+        feed = {self._input_name: x.detach().cpu().numpy()}
+        if target is not None:
+            feed["target"] = target.cpu().numpy().astype(np.int64)
+        logits, cam = self.session.run(["logits", "cam"], feed)
+        return torch.from_numpy(logits), torch.from_numpy(cam)
+
+
+class TorchScriptExplainer(GraphRuntime):
+    """A TorchScript (``.pt``) explanation run by ``torch.jit.load``."""
+
+    fixed_size = False
+
+    def __init__(self, path: str, device: str = "cpu") -> None:
+        extra = {METADATA_FILE: ""}
+        try:
+            self.module = torch.jit.load(path, map_location=device, _extra_files=extra)
+        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError with C++ text
+            raise ExportError(f"{path} is not a TorchScript file torch.jit.load can read: "
+                              f"{str(exc).strip().splitlines()[0]}") from exc
+        if not extra[METADATA_FILE]:
+            raise ExportError(f"{path} is a TorchScript file but not one exported by deploycam (no {METADATA_FILE})")
+        self.info = GraphInfo.from_json(extra[METADATA_FILE])
+        self.device = torch.device(device)
+        self.backend = f"torchscript/{self.device}"
+
+    def _run(self, x: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:
+        check_grad_mode()
+        x = x.to(self.device)
+        logits, cam = self.module(x, None if target is None else target.to(self.device))
+        return logits, cam
+
+
+def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str] | None = None,
+         strict: bool = False, threads: int | None = None, spin: bool = True) -> GraphRuntime:
+    """Open an exported explanation.
+
+    Args:
+        path: a ``.onnx`` file (ONNX Runtime) or a TorchScript file (``.pt``/``.ts``/``.pth``).
+        device: ``"cpu"`` or ``"cuda"``; for ONNX this picks CUDAExecutionProvider when
+            onnxruntime-gpu is installed, and falls back to the CPU with a warning otherwise.
+        providers: explicit ONNX Runtime providers, in order of preference.
+        strict: raise instead of falling back when a requested provider is missing.
+        threads: ONNX Runtime intra-op threads (None: its default).
+        spin: let ONNX Runtime's idle threads spin (its default); False when timing it against PyTorch
+            in one process, where spinning threads slow the other library down.
+
+    Raises FileNotFoundError for a missing file and :class:`ExportError` for a file
+    that is not an exported explanation.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no exported graph at {path}")
+    if zipfile.is_zipfile(path):
+        return TorchScriptExplainer(path, device)
+    if path.endswith(".onnx") or not path.endswith((".pt", ".ts", ".pth")):
+        return OnnxRuntimeExplainer(path, device, providers, strict, threads, spin)
+    raise ExportError(f"{path} is not a TorchScript archive (not a zip file)")

@@ -1,0 +1,107 @@
+"""TorchScript export: the explanation with its gradient, loadable from Python or C++ (libtorch).
+
+The scripted module calls ``torch.autograd.grad`` itself, so the caller must
+not disable autograd entirely: ``torch.no_grad()`` / ``torch::NoGradGuard`` are
+fine (grad is enabled inside), ``torch.inference_mode()`` / ``c10::InferenceMode``
+are not. torch 2.14 warns that ``torch.jit`` is deprecated in favour of
+``torch.export``; TorchScript is still what libtorch loads, so the warning is
+left visible and nothing is silenced.
+
+Do not pass the file through ``torch.jit.optimize_for_inference`` (it drops the
+gradient) nor re-trace it with ``torch.jit.trace`` (it bakes in the batch size).
+"""
+
+
+import os
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from explainer.core import Explainer
+from explainer.errors import ExportError
+from explainer.gradients import single_target_gradient
+from explainer.postprocess import normalize_maps, upsample_maps
+from export.parts import AsTuple, GraphInfo, export_parts, head_caller, method_module
+
+METADATA_FILE = "deploycam.json"
+
+
+class ScriptableExplanation(nn.Module):
+    """``forward(input, target=None) -> (logits (N, K), cam)``, written for ``torch.jit.script``.
+
+    ``input`` is the image ``(N, 3, H, W)`` (part "full"; ``cam`` is ``(N, H, W)``) or the
+    activations ``(N, C, h, w)`` (part "head"; ``cam`` is ``(N, h, w)``); ``target`` is
+    ``(N,)`` int64, or None for each image's argmax. Maps are min-max normalised.
+    """
+
+    needs_gradient: bool
+    upsample: bool
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, method: nn.Module, needs_gradient: bool,
+                 upsample: bool) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.method = method
+        self.needs_gradient = needs_gradient
+        self.upsample = upsample
+
+    def forward(self, input: Tensor, target: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        previous = torch.is_grad_enabled()
+        torch.set_grad_enabled(False)
+        packed = self.backbone(input)
+        activations = packed[0]
+        torch.set_grad_enabled(self.needs_gradient)
+        leaf = activations.detach().requires_grad_(self.needs_gradient)
+        logits = self.head(leaf.clone(), packed)
+        if target is None:
+            chosen = logits.detach().argmax(dim=1)
+        else:
+            chosen = target
+        if self.needs_gradient:
+            gradients = single_target_gradient(logits, leaf, chosen)
+        else:
+            gradients = activations.new_empty(0)
+        torch.set_grad_enabled(previous)
+        cam = normalize_maps(self.method(activations, gradients)[:, 0])
+        if self.upsample:
+            cam = upsample_maps(cam.unsqueeze(1), input.shape[-2], input.shape[-1])[:, 0]
+        return logits.detach(), cam
+
+
+def build_scriptable(explainer: Explainer, example_input: Tensor, part: str = "full") -> tuple[nn.Module, GraphInfo]:
+    """The (not yet scripted) module and its metadata; see :class:`ScriptableExplanation`."""
+    parts = export_parts(explainer, example_input, part, "torchscript")
+    backbone = parts.backbone if part == "full" else AsTuple()
+    n_packed = 1 + (len(parts.skips) if part == "full" else 0)
+    module = ScriptableExplanation(backbone, head_caller(parts.head, n_packed), method_module(parts.method),
+                                   parts.method.needs_gradient, upsample=part == "full")
+    object.__setattr__(module, "training", False)  # the wrapper only; shared submodules keep their flags
+    return module, parts.info
+
+
+def to_torchscript(explainer: Explainer, path: str | os.PathLike, example_input: Tensor,
+                   part: str = "full") -> GraphInfo:
+    """Script the explanation and save it to ``path`` (``torch.jit.save``; metadata in ``deploycam.json``).
+
+    Args:
+        explainer: an eval-mode :class:`~explainer.Explainer`.
+        path: output file, conventionally ``*.pt``.
+        example_input: an image batch ``(N, 3, H, W)`` used to check shapes (any N).
+        part: ``"full"`` (image -> logits, cam ``(N, H, W)``) or ``"head"``
+            (activations ``(N, C, h, w)`` -> logits, cam ``(N, h, w)``).
+
+    Returns the :class:`GraphInfo` written into the file. Raises :class:`ExportError`
+    when the model cannot be scripted (the message names TorchScript's complaint).
+    """
+    module, info = build_scriptable(explainer, example_input, part)
+    try:
+        scripted = torch.jit.script(module)
+    except Exception as exc:  # noqa: BLE001 - TorchScript raises many frontend errors
+        raise ExportError(
+            f"torch.jit.script could not compile the explanation of {info.layer!r}: "
+            f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"
+        ) from exc
+    torch.jit.save(scripted, os.fspath(path), _extra_files={METADATA_FILE: info.to_json()})
+    return info
