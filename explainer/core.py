@@ -11,6 +11,7 @@ from torch import Tensor, fx, nn
 
 from explainer.checks import check_grad_mode, check_input, model_device_dtype
 from explainer.errors import (
+    GradModeError,
     InputError,
     LayerShapeError,
     MethodError,
@@ -21,7 +22,7 @@ from explainer.errors import (
 from explainer.explanation import Explanation
 from explainer.gradients import target_gradients
 from explainer.head_structure import find_linear_head
-from explainer.methods import CamMethod, get_method
+from explainer.methods import CamMethod, Probe, get_method
 from explainer.postprocess import normalize_maps, upsample_maps
 from explainer.split import LayerSpec, LeafSpec, SplitModel, split_model
 from explainer.targets import Targets, resolve_targets
@@ -57,10 +58,14 @@ class Explainer:
         method: str | CamMethod = "gradcam",
         *,
         leaf_modules: Iterable[LeafSpec] = (),
+        batch_size: int = 32,
+        max_channels: int | None = None,
+        progress: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}; use Explainer.from_parts for callables")
         self.method = get_method(method)
+        self._set_options(batch_size, max_channels, progress)
         self._model: nn.Module | None = model
         self._target_layer = target_layer
         self._leaf_modules = tuple(leaf_modules)
@@ -78,6 +83,7 @@ class Explainer:
                 stacklevel=2,
             )
         self._check_method_fits(split.head)
+        self._check_head_tensors(split.head)
 
     @classmethod
     def from_parts(
@@ -88,6 +94,9 @@ class Explainer:
         *,
         layer: str = "activations",
         in_channels: int | None = None,
+        batch_size: int = 32,
+        max_channels: int | None = None,
+        progress: bool = True,
     ) -> Explainer:
         """An explainer from two callables, for models torch.fx cannot trace.
 
@@ -98,6 +107,7 @@ class Explainer:
         """
         self = cls.__new__(cls)
         self.method = get_method(method)
+        self._set_options(batch_size, max_channels, progress)
         self._model = None
         self._splits = {}
         self._lock = threading.Lock()
@@ -107,7 +117,15 @@ class Explainer:
         self._target_layer = layer
         self._leaf_modules = ()
         self._check_method_fits(head)
+        self._check_head_tensors(head)
         return self
+
+    def _set_options(self, batch_size: int, max_channels: int | None, progress: bool) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise MethodError(f"batch_size must be an integer >= 1 (perturbed copies per forward), got {batch_size!r}")
+        if max_channels is not None and (not isinstance(max_channels, int) or max_channels < 1):
+            raise MethodError(f"max_channels must be None (all channels) or an integer >= 1, got {max_channels!r}")
+        self.batch_size, self.max_channels, self.progress = batch_size, max_channels, progress
 
     def with_method(self, method: str | CamMethod) -> Explainer:
         """A new explainer sharing this one's split graphs, with another method (no re-tracing)."""
@@ -117,6 +135,7 @@ class Explainer:
         other._splits = dict(self._splits)
         other.method = get_method(method)
         other._check_method_fits(other._head)
+        other._check_head_tensors(other._head)
         return other
 
     @property
@@ -142,6 +161,17 @@ class Explainer:
             return self._backbone, self._head
         split = self._split_for_mode()  # traced graphs depend on train/eval mode
         return split.backbone, split.head
+
+    def _check_head_tensors(self, head: Head) -> None:
+        if not isinstance(head, nn.Module):
+            return
+        frozen = [name for name, t in list(head.named_parameters()) + list(head.named_buffers()) if t.is_inference()]
+        if frozen and self.method.needs_gradient:
+            raise GradModeError(
+                f"the model's tensors after {self.layer!r} ({', '.join(frozen[:3])}...) were created under "
+                "torch.inference_mode, and autograd cannot differentiate through them; build or load the "
+                "model outside inference_mode (torch.no_grad() is fine)"
+            )
 
     def _check_method_fits(self, head: Head) -> None:
         if not self.method.requires_linear_head:
@@ -198,12 +228,15 @@ class Explainer:
             targets = logits.detach().topk(int(topk), dim=1).indices
         target_idx, keep_k = resolve_targets(targets, logits)
 
-        if needs_grad:
-            with torch.enable_grad():  # the caller may be under no_grad
-                grads = target_gradients(logits, leaf, target_idx)
+        if self.method.perturbation is not None:
+            raw = self.method.perturbation(activations, target_idx, self._probe(backbone, head, skips, x))
         else:
-            grads = activations.new_empty(0)
-        raw = self.method.compute(activations, grads)
+            if needs_grad:
+                with torch.enable_grad():  # the caller may be under no_grad
+                    grads = target_gradients(logits, leaf, target_idx)
+            else:
+                grads = activations.new_empty(0)
+            raw = self.method.compute(activations, grads)
         raw = raw.expand(-1, target_idx.shape[1], -1, -1) if raw.shape[1] != target_idx.shape[1] else raw
         if not bool(torch.isfinite(raw).all()):
             raise NonFiniteError(
@@ -217,6 +250,17 @@ class Explainer:
         return Explanation(logits, target_idx, raw.detach(), cams.detach(), self.method.name, self.layer)
 
     explain = __call__
+
+    def _probe(self, backbone: Backbone, head: Head, skips: tuple, x: Tensor) -> Probe:
+        def model(images: Tensor) -> Tensor:
+            out = backbone(images)
+            a, *extra = (out,) if isinstance(out, Tensor) else tuple(out)
+            return head(a, *extra)
+
+        def head_on_copy(a: Tensor, *extra: Tensor) -> Tensor:
+            return head(a.clone(), *extra)  # the head may modify its input in place
+
+        return Probe(head_on_copy, skips, model, x, self.batch_size, self.max_channels, self.progress)
 
     def _run_backbone(self, backbone: Backbone, x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         try:

@@ -59,5 +59,6 @@ def resolve_targets(targets: Targets, logits: Tensor) -> tuple[Tensor, bool]:
             f"target class {int(t[bad][0])} is out of range: the model has {num_classes} classes, "
             f"so targets must be in [0, {num_classes})"
         )
-    return t.to(device=logits.device, dtype=torch.long), given_k
+    # clone: a tensor made under torch.inference_mode cannot be saved for backward (gather saves it)
+    return t.to(device=logits.device, dtype=torch.long).clone(), given_k
 

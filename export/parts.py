@@ -74,6 +74,9 @@ def export_parts(explainer: Explainer, example_input: Tensor, part: str, fmt: st
     if part not in PARTS:
         raise ExportError(f"part must be one of {PARTS}, got {part!r}")
     backbone, head = explainer.backbone, explainer.head
+    if explainer.method.perturbation is not None:
+        raise ExportError(f"{explainer.method.name!r} re-runs the network once per channel batch; it is not "
+                          "exported as one graph. Export a gradient method (gradcam, layercam, ...) instead")
     if getattr(backbone, "training", False) or getattr(head, "training", False):
         raise ExportError("the model is in training mode (batch norm and dropout would be exported as such); "
                           "call model.eval() before exporting")

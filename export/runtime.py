@@ -164,8 +164,9 @@ class TorchScriptExplainer(GraphRuntime):
     def _run(self, x: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:
         check_grad_mode()
         x = x.to(self.device)
-        logits, cam = self.module(x, None if target is None else target.to(self.device))
-        return logits, cam
+        with torch.enable_grad():  # the graph needs grad mode at entry (see export.torchscript)
+            logits, cam = self.module(x, None if target is None else target.to(self.device))
+        return logits.detach(), cam.detach()
 
 
 def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str] | None = None,

@@ -1,9 +1,11 @@
 """TorchScript export: the explanation with its gradient, loadable from Python or C++ (libtorch).
 
 The scripted module calls ``torch.autograd.grad`` itself, so the caller must
-not disable autograd entirely: ``torch.no_grad()`` / ``torch::NoGradGuard`` are
-fine (grad is enabled inside), ``torch.inference_mode()`` / ``c10::InferenceMode``
-are not. torch 2.14 warns that ``torch.jit`` is deprecated in favour of
+leave grad mode on: not ``torch.no_grad()`` / ``torch::NoGradGuard``, nor
+``torch.inference_mode()`` / ``c10::InferenceMode``. (Entered without grad, TorchScript's
+executor strips autograd from its optimised plan from the second call on, so the graph
+refuses such calls with a clear error instead; the backbone still runs without grad
+inside. :func:`export.load`'s runtime enables grad for you.) torch 2.14 warns that ``torch.jit`` is deprecated in favour of
 ``torch.export``; TorchScript is still what libtorch loads, so the warning is
 left visible and nothing is silenced.
 
@@ -48,6 +50,13 @@ class ScriptableExplanation(nn.Module):
         self.upsample = upsample
 
     def forward(self, input: Tensor, target: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        if self.needs_gradient and not torch.is_grad_enabled():
+            # TorchScript's executor chooses its plan by the grad mode at entry: entered without grad
+            # it strips autograd from the second call on, and the gradient below would fail.
+            raise RuntimeError(
+                "deploycam: this graph computes a gradient; call it with grad mode enabled "
+                "(not under torch.no_grad()/torch::NoGradGuard, nor inference mode)"
+            )
         previous = torch.is_grad_enabled()
         torch.set_grad_enabled(False)
         packed = self.backbone(input)

@@ -130,3 +130,12 @@ def test_training_mode_warns():
 
 def test_errors_are_value_errors_too():
     assert issubclass(LayerNotFoundError, ValueError) and issubclass(InputError, ValueError)
+
+
+def test_model_built_under_inference_mode_is_explained_clearly():
+    with torch.inference_mode():
+        model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                              nn.Linear(4, 2)).eval()
+    with pytest.raises(GradModeError, match="created under torch.inference_mode"):
+        Explainer(model, "0")
+    Explainer(model, "0", "eigencam")(random_input(1, 8))  # no gradient needed: fine

@@ -59,9 +59,16 @@ def test_torchscript_loads_without_the_project(files, tmp_path):
         sys.modules["export"] = None
         import torch
         m = torch.jit.load({str(files / "full.pt")!r})
-        logits, cam = m(torch.randn(3, 3, 64, 64))
-        with torch.no_grad():
+        for _ in range(4):  # past TorchScript's profiling runs, into its optimised plan
+            logits, cam = m(torch.randn(3, 3, 64, 64))
             logits2, cam2 = m(torch.randn(1, 3, 64, 64), torch.tensor([5]))
+        try:
+            with torch.no_grad():
+                m(torch.randn(1, 3, 64, 64))
+        except Exception as exc:  # torch.jit.Error from the scripted raise
+            assert "call it with grad mode enabled" in str(exc)
+        else:
+            raise AssertionError("no_grad call was not refused")
         print(tuple(logits.shape), tuple(cam.shape), tuple(cam2.shape))
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
@@ -73,6 +80,18 @@ def test_torchscript_refuses_inference_mode(files):
     rt = export.load(files / "full.pt")
     with torch.inference_mode(), pytest.raises(GradModeError):
         rt(torch.randn(1, 3, 64, 64))
+
+
+def test_torchscript_runtime_repeated_calls_under_no_grad_match_eager(tmp_path):
+    """The runtime enables grad around the graph, so callers under no_grad get the same maps every call."""
+    explainer = Explainer(calibrated_model("efficientnet-lite0"), "_conv_head", "gradcam")
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
+    export.to_torchscript(explainer, tmp_path / "l.pt", torch.cat([x, x]))
+    rt = export.load(tmp_path / "l.pt")
+    expected = explainer(x, [3]).cams
+    with torch.no_grad():
+        for _ in range(4):
+            assert float((rt(x, [3]).cams - expected).abs().max()) == 0.0
 
 
 def test_unsupported_method_for_onnx_says_why(tmp_path):

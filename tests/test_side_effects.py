@@ -130,3 +130,14 @@ def test_eight_threads_on_one_explainer_match_single_threaded():
     assert not errors
     for got, want in zip(results, expected):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_inputs_and_targets_made_under_inference_mode_are_accepted():
+    model = seeded_model("resnet18")
+    exp = Explainer(model, "layer4")
+    with torch.inference_mode():
+        x = random_input(2, 64)
+        targets = model(x).argmax(1)
+    assert x.is_inference() and targets.is_inference()
+    result = exp(x, targets)
+    torch.testing.assert_close(result.raw, exp(x.clone(), targets.clone()).raw, rtol=0, atol=0)

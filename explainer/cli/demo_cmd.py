@@ -74,11 +74,12 @@ def run(args: argparse.Namespace) -> int:
 
     floor = median_ms(plain, repeat=args.repeat)
     print(f"  {'eager plain inference':<34} {floor:8.2f} ms   1.00x")
-    for name in METHODS:
-        if name == "cam":
-            continue  # needs a pooling + linear head: not EfficientNet-Lite0's _conv_head
+    for name, spec in METHODS.items():
+        if spec.requires_linear_head or name == "scorecam":
+            continue  # cam: needs a pooling + linear head; scorecam: 1280 model forwards, seconds per image
         method = explainer.with_method(name)
-        ms = median_ms(lambda: method(batch), repeat=args.repeat)
+        repeat = args.repeat if spec.perturbation is None else max(2, args.repeat // 5)
+        ms = median_ms(lambda: method(batch), repeat=repeat, warmup=3 if spec.perturbation is None else 1)
         print(f"  {'eager ' + name:<34} {ms:8.2f} ms   {ms / floor:.2f}x")
     if runtimes:
         plain_ort, ort_cam, ts_cam = runtimes["plain"], runtimes["onnx"], runtimes["torchscript"]

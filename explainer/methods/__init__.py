@@ -6,6 +6,7 @@ from types import MappingProxyType
 
 from explainer.errors import MethodError, close_matches
 from explainer.methods import (
+    ablationcam,
     cam,
     eigencam,
     eigengradcam,
@@ -14,11 +15,13 @@ from explainer.methods import (
     gradcam_plus_plus,
     hirescam,
     layercam,
+    scorecam,
     xgradcam,
 )
-from explainer.methods.base import CamFunction, CamMethod
+from explainer.methods.base import CamFunction, CamMethod, Probe
 
-_ALL = (gradcam, gradcam_plus_plus, xgradcam, hirescam, gradcam_elementwise, layercam, eigencam, eigengradcam, cam)
+_ALL = (gradcam, gradcam_plus_plus, xgradcam, hirescam, gradcam_elementwise, layercam, eigencam, eigengradcam, cam,
+        ablationcam, scorecam)
 
 #: Every method by name (read-only).
 METHODS: MappingProxyType[str, CamMethod] = MappingProxyType({m.METHOD.name: m.METHOD for m in _ALL})
@@ -41,4 +44,4 @@ def get_method(name: str | CamMethod) -> CamMethod:
     return METHODS[key]
 
 
-__all__ = ["METHODS", "CamMethod", "CamFunction", "get_method"]
+__all__ = ["METHODS", "CamMethod", "CamFunction", "Probe", "get_method"]

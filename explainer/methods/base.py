@@ -24,6 +24,37 @@ CamFunction = Callable[[Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
+class Probe:
+    """What perturbation methods may run: the head on changed activations, or the whole model.
+
+    Attributes:
+        head: ``(activations (B, C, h, w), *skips) -> logits (B, classes)``.
+        skips: the other values the head reads, for the whole batch (first axis N).
+        model: ``images (B, 3, H, W) -> logits``: backbone then head.
+        images: the input batch ``(N, 3, H, W)``.
+        batch_size: how many perturbed copies go through one forward.
+        max_channels: Score-CAM only: keep this many channels (highest mean activation); None = all.
+        progress: show a tqdm bar over the forwards.
+    """
+
+    head: Callable[..., Tensor]
+    skips: tuple
+    model: Callable[[Tensor], Tensor]
+    images: Tensor
+    batch_size: int = 32
+    max_channels: int | None = None
+    progress: bool = True
+
+    def skips_for(self, n: int, copies: int) -> tuple:
+        """Image ``n``'s skips repeated ``copies`` times along the batch axis."""
+        return tuple(s[n:n + 1].expand(copies, *s.shape[1:]) if isinstance(s, Tensor) else s for s in self.skips)
+
+
+#: ``(activations (N, C, h, w), targets (N, K), probe) -> raw maps (N, K, h, w)``.
+PerturbationFunction = Callable[[Tensor, Tensor, Probe], Tensor]
+
+
+@dataclass(frozen=True)
 class CamMethod:
     """A registered CAM method.
 
@@ -34,6 +65,8 @@ class CamMethod:
         class_specific: False when the map is the same for every class.
         requires_linear_head: True when the method is only defined for heads that
             are global average pooling followed by a linear layer (CAM).
+        perturbation: for methods that re-run the head or the model on perturbed inputs
+            (Ablation-CAM, Score-CAM) instead of using gradients; ``compute`` is then unused.
         uses_svd: True when the map needs a singular value decomposition (no ONNX operator exists
             for it, so such methods export to TorchScript only).
         summary: one line for help texts.
@@ -46,6 +79,7 @@ class CamMethod:
     class_specific: bool = True
     requires_linear_head: bool = False
     uses_svd: bool = False
+    perturbation: PerturbationFunction | None = None
 
 
 def weighted_sum(channel_weights: Tensor, activations: Tensor) -> Tensor:

@@ -1,0 +1,237 @@
+"""Benchmark cases and the callables that run them."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import fx, nn
+
+from explainer.core import Explainer
+from explainer.models import load_model
+
+#: model name -> target layer ("its last conv block"), 224 x 224 inputs.
+MODELS: dict[str, str] = {
+    "resnet50": "layer4",
+    "mobilenet_v3_large": "features",
+    "vgg16": "features",
+    "efficientnet-lite0": "_conv_head",
+}
+EAGER_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam")
+PEERS = {
+    "pytorch-grad-cam": ("gradcam", "gradcam++", "layercam", "eigencam"),
+    "torchcam": ("gradcam",),
+    "captum": ("gradcam",),
+}
+RUNTIMES = ("eager", "torchscript", "onnxruntime", *PEERS)
+IMAGE_SIZE = 224
+
+
+class Unavailable(Exception):
+    """This case cannot run here (a peer library or ONNX Runtime's CUDA provider is missing)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One thing to time. ``method == "plain"`` is the floor: inference without explanation."""
+
+    model: str
+    batch: int
+    device: str
+    runtime: str
+    method: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/b{self.batch}/{self.device}/{self.runtime}/{self.method}"
+
+    @property
+    def floor(self) -> Case:
+        """The plain inference this case is compared with: the same runtime's (peers: eager's)."""
+        runtime = self.runtime if self.runtime in ("eager", "torchscript", "onnxruntime") else "eager"
+        return Case(self.model, self.batch, self.device, runtime, "plain")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def all_cases(models: Iterable[str] = MODELS, batches: Iterable[int] = (1, 8), devices: Iterable[str] = ("cpu",),
+              peers: bool = True) -> list[Case]:
+    """Every case of the matrix, floors first within each (model, batch, device)."""
+    out = []
+    for model in models:
+        for batch in batches:
+            for device in devices:
+                out += [Case(model, batch, device, "eager", m) for m in ("plain", *EAGER_METHODS)]
+                out += [Case(model, batch, device, rt, m) for rt in ("torchscript", "onnxruntime")
+                        for m in ("plain", "gradcam")]
+                if peers:
+                    out += [Case(model, batch, device, peer, m) for peer, methods in PEERS.items() for m in methods]
+    return out
+
+
+def _sync(device: str) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
+class Workbench:
+    """Builds and caches what the cases need; ``callable(case)`` returns the function to time.
+
+    Exported files go to ``workdir`` (reused across processes, so memory subprocesses do not
+    export again). Inputs are seeded; every runtime gets the same images and target classes
+    (each image's top class under the eager model).
+    """
+
+    def __init__(self, workdir: str, seed: int = 0) -> None:
+        self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.seed = seed
+        self._models: dict[tuple[str, str], nn.Module] = {}
+        self._cache: dict[tuple, object] = {}
+
+    def model(self, name: str, device: str) -> nn.Module:
+        key = (name, device)
+        if key not in self._models:
+            self._models[key] = load_model(name, seed=self.seed).model.to(device)
+        return self._models[key]
+
+    def inputs(self, case: Case) -> tuple[torch.Tensor, torch.Tensor]:
+        key = ("inputs", case.model, case.batch, case.device)
+        if key not in self._cache:
+            gen = torch.Generator().manual_seed(self.seed)
+            x = torch.randn(case.batch, 3, IMAGE_SIZE, IMAGE_SIZE, generator=gen).to(case.device)
+            model = self.model(case.model, case.device)  # built outside inference_mode
+            with torch.no_grad():
+                targets = model(x).argmax(1)
+            self._cache[key] = (x, targets.clone())
+        return self._cache[key]
+
+    def _path(self, case: Case, what: str) -> str:
+        return os.path.join(self.workdir, f"{case.model}_{what}_{case.device.replace(':', '')}")
+
+    def callable(self, case: Case) -> Callable[[], object]:
+        """The zero-argument function that runs ``case`` once (CUDA work synchronised)."""
+        x, targets = self.inputs(case)
+        model = self.model(case.model, case.device)
+        layer = MODELS[case.model]
+        sync = _sync(case.device)
+        builder = getattr(self, "_" + case.runtime.replace("-", "_"))
+        fn = builder(case, model, layer, x, targets)
+
+        def run() -> None:
+            fn()
+            sync()
+
+        return run
+
+    # -- runtimes ---------------------------------------------------------------------------
+    def _eager(self, case, model, layer, x, targets):
+        if case.method == "plain":
+            def plain():
+                with torch.inference_mode():
+                    return model(x)
+            return plain
+        explainer = Explainer(model, layer, case.method)
+        return lambda: explainer(x, targets)
+
+    def _torchscript(self, case, model, layer, x, targets):
+        if case.method == "plain":
+            key = ("ts-plain", case.model, case.device)
+            if key not in self._cache:
+                self._cache[key] = torch.jit.script(fx.symbolic_trace(model))
+            scripted = self._cache[key]
+
+            def plain():
+                with torch.inference_mode():
+                    return scripted(x)
+            return plain
+        from export import to_torchscript
+
+        path = self._path(case, f"{case.method}.pt")
+        if not os.path.exists(path):
+            to_torchscript(Explainer(model, layer, case.method), path, x[:2] if x.shape[0] > 1 else x)
+        module = torch.jit.load(path, map_location=case.device)
+
+        return lambda: module(x, targets)  # grad mode on: the graph computes a gradient
+
+    def _onnxruntime(self, case, model, layer, x, targets):
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise Unavailable("onnxruntime is not installed") from exc
+        from export import model_to_onnx, to_onnx
+
+        provider = "CUDAExecutionProvider" if case.device.startswith("cuda") else "CPUExecutionProvider"
+        if provider not in ort.get_available_providers():
+            raise Unavailable(f"ONNX Runtime lacks {provider} (install onnxruntime-gpu)")
+        example = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
+        cpu_model = model if case.device == "cpu" else copy.deepcopy(model).cpu()
+        path = self._path(case, f"{case.method}.onnx")
+        if not os.path.exists(path):
+            if case.method == "plain":
+                model_to_onnx(cpu_model, path, example)
+            else:
+                to_onnx(Explainer(cpu_model, layer, case.method), path, example)
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see DESIGN-NOTES
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.log_severity_level = 3  # the optional `target` input makes ORT warn at load time
+        session = ort.InferenceSession(path, options, providers=[provider])
+        feed = {"input": x.cpu().numpy()}
+        if case.method != "plain":
+            feed["target"] = targets.cpu().numpy()
+        return lambda: session.run(None, feed)
+
+    def _peer_model(self, case, model):
+        """Peers register hooks: give them their own copy so eager cases stay hook-free."""
+        key = ("peer-model", case.model, case.device)
+        if key not in self._cache:
+            self._cache[key] = copy.deepcopy(model)
+        return self._cache[key]
+
+    def _pytorch_grad_cam(self, case, model, layer, x, targets):
+        try:
+            import pytorch_grad_cam as pgc
+            from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+        except ImportError as exc:
+            raise Unavailable("pytorch-grad-cam is not installed (pip install 'deploycam[bench]')") from exc
+        peer = self._peer_model(case, model)
+        cls = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "layercam": pgc.LayerCAM,
+               "eigencam": pgc.EigenCAM}[case.method]
+        key = ("pgc", case.model, case.device, case.method)
+        if key not in self._cache:
+            self._cache[key] = cls(model=peer, target_layers=[peer.get_submodule(layer)])
+        cam = self._cache[key]
+        wanted = [ClassifierOutputTarget(int(t)) for t in targets]
+        return lambda: cam(input_tensor=x, targets=wanted)
+
+    def _torchcam(self, case, model, layer, x, targets):
+        try:
+            from torchcam.methods import GradCAM
+        except ImportError as exc:
+            raise Unavailable("torchcam is not installed (pip install 'deploycam[bench]')") from exc
+        peer = self._peer_model(case, model)
+        key = ("torchcam", case.model, case.device)
+        if key not in self._cache:
+            self._cache[key] = GradCAM(peer, target_layer=layer)
+        extractor = self._cache[key]
+        classes = targets.tolist()
+
+        def explain():
+            scores = peer(x)
+            maps = extractor(class_idx=classes, scores=scores)[0]
+            return torch.nn.functional.interpolate(maps.unsqueeze(1), size=x.shape[-2:], mode="bilinear")
+        return explain
+
+    def _captum(self, case, model, layer, x, targets):
+        try:
+            from captum.attr import LayerAttribution, LayerGradCam
+        except ImportError as exc:
+            raise Unavailable("captum is not installed (pip install 'deploycam[bench]')") from exc
+        peer = self._peer_model(case, model)
+        attribution = LayerGradCam(peer, peer.get_submodule(layer))
+        return lambda: LayerAttribution.interpolate(
+            attribution.attribute(x, target=targets, relu_attributions=True), tuple(x.shape[-2:]))

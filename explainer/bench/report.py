@@ -1,0 +1,68 @@
+"""The benchmark table (text), ``bench.json`` and the ``bench.png`` bar chart."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from explainer.bench.runner import Result
+
+
+def table(results: Sequence[Result]) -> str:
+    """One line per case: median ms, ratio to the same runtime's floor, speed-up over peers, memory."""
+    lines = [f"{'case':<54} {'median ms':>10} {'x floor':>8} {'peak MB (+)':>12} {'x floor mem':>11}  speed-up vs peers"]
+    for r in results:
+        if r.unavailable:
+            lines.append(f"{r.case.name:<54} {'n/a':>10}   ({r.unavailable})")
+            continue
+        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
+        mem = f"{r.memory['delta_mb']:.0f}" if r.memory else "-"
+        mem_ratio = f"{r.memory_ratio:.2f}x" if r.memory_ratio is not None else "-"
+        peers = ", ".join(f"{p} {s:.1f}x" for p, s in sorted(r.speedups.items()))
+        lines.append(f"{r.case.name:<54} {r.median_ms:>10.2f} {ratio:>8} {mem:>12} {mem_ratio:>11}  {peers}")
+    return "\n".join(lines)
+
+
+def write_json(path: str, results: Sequence[Result], env: dict) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        json.dump({"environment": env, "results": [r.to_dict() for r in results]}, out, indent=1)
+
+
+def write_png(path: str, results: Sequence[Result], env: dict) -> None:
+    """Horizontal bars of median ms per case, one panel per (model, batch, device), floors hatched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    groups: dict[tuple, list[Result]] = {}
+    for r in results:
+        if r.median_ms is not None:
+            groups.setdefault((r.case.model, r.case.batch, r.case.device), []).append(r)
+    if not groups:
+        return
+    fig, axes = plt.subplots(len(groups), 1, figsize=(9, 0.32 * sum(len(v) for v in groups.values()) + 1.2 * len(groups)),
+                             squeeze=False)
+    colours = {"eager": "tab:blue", "torchscript": "tab:green", "onnxruntime": "tab:purple"}
+    for ax, ((model, batch, device), rows) in zip(axes[:, 0], groups.items()):
+        labels = [f"{r.case.runtime} {r.case.method}" for r in rows]
+        values = [r.median_ms for r in rows]
+        bars = ax.barh(labels, values, color=[colours.get(r.case.runtime, "tab:gray") for r in rows])
+        for bar, r in zip(bars, rows):
+            if r.case.method == "plain":
+                bar.set_hatch("//")
+            if r.ratio is not None:
+                ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {r.median_ms:.1f} ms ({r.ratio:.2f}x)",
+                        va="center", fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_title(f"{model}, batch {batch}, {device}", fontsize=9)
+        ax.tick_params(labelsize=7)
+    axes[-1, 0].set_xlabel(f"median ms (log scale); torch {env.get('torch')}, {env.get('threads')} threads, "
+                           f"{env.get('gpu', env.get('cpu', ''))}", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

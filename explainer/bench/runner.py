@@ -1,0 +1,107 @@
+"""Time cases, attach floors (plain inference of the same run and runtime), peers and memory."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from explainer.bench.cases import Case, Unavailable, Workbench
+
+
+@dataclass
+class Result:
+    """One timed case. ``ratio`` is to its floor measured in the same run; ``memory`` in MB."""
+
+    case: Case
+    median_ms: float | None = None
+    samples: int = 0
+    floor_ms: float | None = None
+    ratio: float | None = None
+    memory: dict | None = None
+    memory_ratio: float | None = None
+    speedups: dict[str, float] = field(default_factory=dict)  # peer runtime -> peer_ms / ours
+    unavailable: str | None = None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["case"] = self.case.to_dict()
+        data["name"] = self.case.name
+        return data
+
+
+def median_time_ms(fn: Callable[[], object], rounds: int, warmup: int) -> float:
+    """Median wall time of ``fn`` in ms (the case's callable synchronises CUDA itself)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(samples)
+
+
+def run_cases(cases: Iterable[Case], workbench: Workbench, rounds: int = 10, warmup: int = 2,
+              memory: bool = False, progress: Callable[[str], None] | None = None) -> list[Result]:
+    """Time every case (floors too), then fill ratios, peer speed-ups and, with ``memory``, peak memory."""
+    results: dict[Case, Result] = {}
+    for case in cases:
+        if progress:
+            progress(case.name)
+        result = Result(case)
+        try:
+            fn = workbench.callable(case)
+            result.median_ms = median_time_ms(fn, rounds, warmup)
+            result.samples = rounds
+            if memory:
+                from explainer.bench.memory import measure
+
+                result.memory = measure(workbench.workdir, case)
+        except Unavailable as exc:
+            result.unavailable = str(exc)
+        results[case] = result
+        del fn
+    _relate(results)
+    return list(results.values())
+
+
+def _relate(results: dict[Case, Result]) -> None:
+    for case, result in results.items():
+        floor = results.get(case.floor)
+        if floor and floor.median_ms and result.median_ms:
+            result.floor_ms = floor.median_ms
+            result.ratio = result.median_ms / floor.median_ms
+        if floor and floor.memory and result.memory and floor.memory["delta_mb"] > 0:
+            result.memory_ratio = result.memory["delta_mb"] / floor.memory["delta_mb"]
+        if case.runtime == "eager" and case.method != "plain" and result.median_ms:
+            for other, peer in results.items():
+                same = (other.model, other.batch, other.device, other.method) == (case.model, case.batch, case.device,
+                                                                                  case.method)
+                if same and other.runtime not in ("eager", "torchscript", "onnxruntime") and peer.median_ms:
+                    result.speedups[other.runtime] = peer.median_ms / result.median_ms
+
+
+def environment() -> dict:
+    """What the numbers were measured on."""
+    import platform
+
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine()}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpu:
+            info["cpu"] = next((l.split(":", 1)[1].strip() for l in cpu if l.startswith("model name")), info["cpu"])
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import onnxruntime
+
+        info["onnxruntime"] = onnxruntime.__version__
+    except ImportError:
+        pass
+    return info

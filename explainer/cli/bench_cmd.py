@@ -1,0 +1,55 @@
+"""``deploycam bench``: latency and memory of every runtime and method against plain inference."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+import torch
+
+from explainer.bench.cases import MODELS, all_cases
+from explainer.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="time explanations against plain inference and peer libraries")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--models", nargs="+", default=None, choices=list(MODELS), metavar="MODEL",
+                   help=f"models to run (default all: {', '.join(MODELS)})")
+    p.add_argument("--batches", nargs="+", type=int, default=None, help="batch sizes (default 1 8)")
+    p.add_argument("--quick", action="store_true",
+                   help="EfficientNet-Lite0 and ResNet-50, batch 1, fewer rounds, no memory (about 2 minutes on 2 cores)")
+    p.add_argument("--rounds", type=int, default=None, help="timed runs per case (median reported)")
+    p.add_argument("--no-peers", action="store_true", help="skip pytorch-grad-cam, torchcam and Captum")
+    p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement (a subprocess per case)")
+    p.add_argument("--out", default=".", help="directory for bench.json and bench.png")
+    p.add_argument("--workdir", default=None, help="where exported graphs are cached (default: a temp dir)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from explainer.bench import report
+    from explainer.bench.cases import Workbench
+    from explainer.bench.runner import environment, run_cases
+
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda asked for, but torch sees no CUDA device")
+    models = args.models or (["efficientnet-lite0", "resnet50"] if args.quick else list(MODELS))
+    batches = args.batches or ([1] if args.quick else [1, 8])
+    rounds = args.rounds or (5 if args.quick else 15)
+    memory = not (args.no_memory or args.quick)
+    cases = all_cases(models, batches, [args.device], peers=not args.no_peers)
+    env = environment()
+    print(f"{len(cases)} cases, {rounds} rounds each, torch {env['torch']}, {env['threads']} threads, "
+          f"{env.get('gpu', env['cpu'])}", file=sys.stderr)
+    workdir = args.workdir or tempfile.mkdtemp(prefix="deploycam-bench-")
+    results = run_cases(cases, Workbench(workdir), rounds=rounds, warmup=2, memory=memory,
+                        progress=lambda name: print(f"  {name}", file=sys.stderr, flush=True))
+    print(report.table(results))
+    os.makedirs(args.out, exist_ok=True)
+    report.write_json(os.path.join(args.out, "bench.json"), results, env)
+    report.write_png(os.path.join(args.out, "bench.png"), results, env)
+    print(f"wrote {os.path.join(args.out, 'bench.json')} and bench.png")
+    return 0

@@ -1,0 +1,52 @@
+"""Ablation-CAM (Desai & Ramaswamy, 2020), running only the head.
+
+For each channel c, the activations with channel c set to zero go through the
+head (batched, ``batch_size`` copies per forward); the weight is the relative drop
+of the target score, ``w_c = (S - S_c) / S``, and the map ``ReLU(sum_c w_c A_c)``,
+as in pytorch-grad-cam (which re-runs the whole network instead of only the head).
+Cost: ``ceil(C / batch_size)`` head forwards per image, no backbone re-run, no gradient.
+K targets per image share the same forwards.
+"""
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from explainer.methods.base import CamMethod, Probe, weighted_sum
+
+
+def ablation_scores(activations: Tensor, targets: Tensor, probe: Probe) -> Tensor:
+    """Target scores with each channel zeroed: ``(N, K, C)``."""
+    n_images, channels = activations.shape[:2]
+    out = activations.new_empty(n_images, targets.shape[1], channels)
+    steps = n_images * -(-channels // probe.batch_size)
+    with torch.no_grad(), tqdm(total=steps, desc="ablationcam", unit="fwd", leave=False,
+                               disable=None if probe.progress and steps > 16 else True) as bar:
+        for n in range(n_images):
+            for start in range(0, channels, probe.batch_size):
+                index = torch.arange(start, min(start + probe.batch_size, channels), device=activations.device)
+                batch = activations[n:n + 1].repeat(len(index), 1, 1, 1)
+                batch[torch.arange(len(index), device=batch.device), index] = 0
+                logits = probe.head(batch, *probe.skips_for(n, len(index)))
+                out[n, :, start:start + len(index)] = logits[:, targets[n]].T
+                bar.update(1)
+    return out
+
+
+def ablationcam(activations: Tensor, targets: Tensor, probe: Probe) -> Tensor:
+    """Ablation-CAM maps ``(N, K, h, w)`` for activations ``(N, C, h, w)`` and targets ``(N, K)``."""
+    with torch.no_grad():
+        base = probe.head(activations.clone(), *probe.skips).gather(1, targets)  # (N, K)
+        ablated = ablation_scores(activations, targets, probe)
+        weights = (base[:, :, None] - ablated) / base[:, :, None]
+        return weighted_sum(weights, activations)
+
+
+def _unused(activations: Tensor, gradients: Tensor) -> Tensor:  # pragma: no cover
+    raise NotImplementedError("ablationcam runs through its perturbation function")
+
+
+METHOD = CamMethod(
+    "ablationcam", _unused, "relative score drop when each channel is zeroed (head-only forwards, no gradient)",
+    needs_gradient=False, perturbation=ablationcam,
+)

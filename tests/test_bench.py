@@ -1,0 +1,68 @@
+"""The benchmark machinery (not the timings: tests never assert wall-clock times)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from explainer.bench.cases import EAGER_METHODS, MODELS, PEERS, Case, all_cases
+from explainer.bench.report import table, write_json, write_png
+from explainer.bench.runner import Result, _relate
+from explainer.cli import main
+
+
+def test_matrix_has_floors_for_every_case():
+    cases = all_cases()
+    per_group = 1 + len(EAGER_METHODS) + 4 + sum(len(m) for m in PEERS.values())
+    assert len(cases) == len(MODELS) * 2 * per_group
+    assert all(c.floor in cases for c in cases)
+    assert Case("resnet50", 1, "cpu", "captum", "gradcam").floor == Case("resnet50", 1, "cpu", "eager", "plain")
+    assert Case("resnet50", 1, "cpu", "onnxruntime", "gradcam").floor.runtime == "onnxruntime"
+
+
+def fake_results():
+    def r(runtime, method, ms, mem):
+        return Result(Case("m", 1, "cpu", runtime, method), median_ms=ms, memory={"delta_mb": mem, "peak_mb": mem + 500})
+
+    results = [r("eager", "plain", 10.0, 100.0), r("eager", "gradcam", 11.0, 110.0),
+               r("pytorch-grad-cam", "gradcam", 33.0, 800.0), r("onnxruntime", "plain", 5.0, 50.0),
+               r("onnxruntime", "gradcam", 5.5, 55.0),
+               Result(Case("m", 1, "cpu", "torchcam", "gradcam"), unavailable="torchcam is not installed")]
+    related = {x.case: x for x in results}
+    _relate(related)
+    return results
+
+
+def test_ratios_speedups_and_memory_are_related_within_one_run():
+    results = {r.case.name: r for r in fake_results()}
+    ours = results["m/b1/cpu/eager/gradcam"]
+    assert ours.ratio == pytest.approx(1.1) and ours.memory_ratio == pytest.approx(1.1)
+    assert ours.speedups == {"pytorch-grad-cam": pytest.approx(3.0)}
+    assert results["m/b1/cpu/onnxruntime/gradcam"].ratio == pytest.approx(1.1)
+    assert results["m/b1/cpu/pytorch-grad-cam/gradcam"].ratio == pytest.approx(3.3)
+
+
+def test_report_files(tmp_path):
+    results = fake_results()
+    text = table(results)
+    assert "1.10x" in text and "pytorch-grad-cam 3.0x" in text and "torchcam is not installed" in text
+    write_json(str(tmp_path / "bench.json"), results, {"torch": "x", "threads": 2})
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["results"][1]["ratio"] == pytest.approx(1.1)
+    write_png(str(tmp_path / "bench.png"), results, {"torch": "x", "threads": 2})
+    assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.slow
+def test_bench_cli_runs_one_model_end_to_end(tmp_path, capsys):
+    code = main(["bench", "--models", "efficientnet-lite0", "--batches", "1", "--rounds", "1", "--no-peers",
+                 "--out", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "efficientnet-lite0/b1/cpu/onnxruntime/gradcam" in out
+    data = json.loads((tmp_path / "bench.json").read_text())
+    eager = next(r for r in data["results"] if r["name"] == "efficientnet-lite0/b1/cpu/eager/gradcam")
+    assert eager["ratio"] > 0 and eager["memory"]["delta_mb"] >= 0
+    assert os.path.exists(tmp_path / "bench.png")
