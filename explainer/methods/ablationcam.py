@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from explainer.methods.base import CamMethod, Probe, weighted_sum
+from explainer.methods.base import CamMethod, Probe, perturbation_only, weighted_sum
 
 
 def ablation_scores(activations: Tensor, targets: Tensor, probe: Probe) -> Tensor:
@@ -42,11 +42,7 @@ def ablationcam(activations: Tensor, targets: Tensor, probe: Probe) -> Tensor:
         return weighted_sum(weights, activations)
 
 
-def _unused(activations: Tensor, gradients: Tensor) -> Tensor:  # pragma: no cover
-    raise NotImplementedError("ablationcam runs through its perturbation function")
-
-
 METHOD = CamMethod(
-    "ablationcam", _unused, "relative score drop when each channel is zeroed (head-only forwards, no gradient)",
+    "ablationcam", perturbation_only, "relative score drop when each channel is zeroed (head-only forwards, no gradient)",
     needs_gradient=False, perturbation=ablationcam,
 )

@@ -82,6 +82,11 @@ class CamMethod:
     perturbation: PerturbationFunction | None = None
 
 
+def perturbation_only(activations: Tensor, gradients: Tensor) -> Tensor:  # pragma: no cover - never called
+    """The ``compute`` of perturbation methods, which run through ``CamMethod.perturbation`` instead."""
+    raise NotImplementedError("this method re-runs the network and has no (activations, gradients) formula")
+
+
 def weighted_sum(channel_weights: Tensor, activations: Tensor) -> Tensor:
     """ReLU(sum_c w[n, k, c] * A[n, c]) for weights ``(N, K, C)`` and activations ``(N, C, h, w)``.
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from explainer.methods.base import CamMethod, Probe, weighted_sum
+from explainer.methods.base import CamMethod, Probe, perturbation_only, weighted_sum
 
 
 def channel_masks(activations: Tensor, height: int, width: int) -> Tensor:
@@ -52,11 +52,7 @@ def scorecam(activations: Tensor, targets: Tensor, probe: Probe) -> Tensor:
     return weighted_sum(weights, activations)
 
 
-def _unused(activations: Tensor, gradients: Tensor) -> Tensor:  # pragma: no cover
-    raise NotImplementedError("scorecam runs through its perturbation function")
-
-
 METHOD = CamMethod(
-    "scorecam", _unused, "softmax of the target logit on images masked by each channel (model forwards)",
+    "scorecam", perturbation_only, "softmax of the target logit on images masked by each channel (model forwards)",
     needs_gradient=False, perturbation=scorecam,
 )
