@@ -23,11 +23,16 @@ from explainer.explanation import Explanation
 from explainer.gradients import target_gradients
 from explainer.head_structure import find_linear_head
 from explainer.methods import CamMethod, Probe, get_method
+from explainer.methods.base import weighted_sum
 from explainer.postprocess import normalize_maps, upsample_maps
+from explainer.smoothing import contributions, eigen_smooth
 from explainer.split import LayerSpec, LeafSpec, SplitModel, split_model
 from explainer.targets import Targets, resolve_targets
 
 Backbone = Callable[[Tensor], Tensor | Sequence[Tensor]]
+
+#: aug_smooth's augmentations besides the identity: (horizontal flip, intensity factor).
+AUGMENTATIONS = ((False, 0.9), (False, 1.1), (True, 0.9), (True, 1.0), (True, 1.1))
 Head = Callable[..., Tensor]
 
 
@@ -192,7 +197,8 @@ class Explainer:
                 "layer right before the pooling"
             )
 
-    def __call__(self, x: Tensor, targets: Targets = None, *, topk: int | None = None) -> Explanation:
+    def __call__(self, x: Tensor, targets: Targets = None, *, topk: int | None = None,
+                 aug_smooth: bool = False, eigen_smooth: bool = False) -> Explanation:
         """Explain a batch.
 
         Args:
@@ -202,10 +208,34 @@ class Explainer:
                 (K classes per image, one backbone forward and one batched backward).
             topk: instead of ``targets``, explain each image's ``topk`` highest-scoring
                 classes (``targets`` becomes ``(N, topk)``, best first).
+            aug_smooth: average the maps of 6 augmented copies (horizontal flip x intensity
+                0.9/1.0/1.1, as pytorch-grad-cam), each mapped back; targets are fixed from the
+                original images, logits are the original's. Costs 6 calls.
+            eigen_smooth: replace the channel sum by the first principal component of the
+                per-channel contributions (see :mod:`explainer.smoothing`); no effect on
+                eigencam/eigengradcam, which are principal components already.
 
         Returns:
             An :class:`Explanation`; maps keep a K axis only for ``(N, K)`` targets.
         """
+        logits, target_idx, keep_k, raw, cams = self._maps(x, targets, topk, eigen_smooth)
+        if aug_smooth:
+            raws, all_cams = [raw], [cams]
+            for flip, factor in AUGMENTATIONS:
+                augmented = x * factor
+                _, _, _, r, c = self._maps(augmented.flip(-1) if flip else augmented, target_idx, None, eigen_smooth)
+                raws.append(r.flip(-1) if flip else r)
+                all_cams.append(c.flip(-1) if flip else c)
+            raw, cams = torch.stack(raws).mean(0), torch.stack(all_cams).mean(0)
+        if not keep_k:
+            raw, cams, target_idx = raw[:, 0], cams[:, 0], target_idx[:, 0]
+        return Explanation(logits, target_idx, raw.detach(), cams.detach(), self.method.name, self.layer)
+
+    explain = __call__
+
+    def _maps(self, x: Tensor, targets: Targets, topk: int | None,
+              eigen: bool = False) -> tuple[Tensor, Tensor, bool, Tensor, Tensor]:
+        """``(logits, targets (N, K), K given?, raw (N, K, h, w), cams (N, K, H, W))`` for one batch."""
         check_grad_mode()
         backbone, head = self._parts()
         device, dtype = model_device_dtype(head) if isinstance(head, nn.Module) else (None, None)
@@ -228,14 +258,21 @@ class Explainer:
             targets = logits.detach().topk(int(topk), dim=1).indices
         target_idx, keep_k = resolve_targets(targets, logits)
 
+        weights = None
         if self.method.perturbation is not None:
-            raw = self.method.perturbation(activations, target_idx, self._probe(backbone, head, skips, x))
+            weights = self.method.perturbation(activations, target_idx, self._probe(backbone, head, skips, x))
+            grads = activations.new_empty(0)
+        elif needs_grad:
+            with torch.enable_grad():  # the caller may be under no_grad
+                grads = target_gradients(logits, leaf, target_idx)
         else:
-            if needs_grad:
-                with torch.enable_grad():  # the caller may be under no_grad
-                    grads = target_gradients(logits, leaf, target_idx)
-            else:
-                grads = activations.new_empty(0)
+            grads = activations.new_empty(0)
+        parts = contributions(self.method, activations, grads, weights) if eigen else None
+        if parts is not None:
+            raw = eigen_smooth(parts)
+        elif weights is not None:
+            raw = weighted_sum(weights, activations)
+        else:
             raw = self.method.compute(activations, grads)
         raw = raw.expand(-1, target_idx.shape[1], -1, -1) if raw.shape[1] != target_idx.shape[1] else raw
         if not bool(torch.isfinite(raw).all()):
@@ -244,12 +281,7 @@ class Explainer:
                 "overflowed); check the model's weights and dtype"
             )
         cams = upsample_maps(normalize_maps(raw), x.shape[-2], x.shape[-1])
-        logits = logits.detach()
-        if not keep_k:
-            raw, cams, target_idx = raw[:, 0], cams[:, 0], target_idx[:, 0]
-        return Explanation(logits, target_idx, raw.detach(), cams.detach(), self.method.name, self.layer)
-
-    explain = __call__
+        return logits.detach(), target_idx, keep_k, raw.detach(), cams.detach()
 
     def _probe(self, backbone: Backbone, head: Head, skips: tuple, x: Tensor) -> Probe:
         def model(images: Tensor) -> Tensor:

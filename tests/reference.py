@@ -47,12 +47,16 @@ def gradcam(A, G):
     return weighted(G.mean(axis=(2, 3)), A)
 
 
-def gradcam_pp(A, G):
+def gradcam_pp_weights(A, G):
     g2, g3 = G**2, G**3
     sum_a = A.sum(axis=(2, 3))[:, :, None, None]
     alpha = g2 / (2 * g2 + sum_a * g3 + 1e-6)
     alpha = np.where(G != 0, alpha, 0.0)
-    return weighted((relu(G) * alpha).sum(axis=(2, 3)), A)
+    return (relu(G) * alpha).sum(axis=(2, 3))
+
+
+def gradcam_pp(A, G):
+    return weighted(gradcam_pp_weights(A, G), A)
 
 
 def xgradcam(A, G):

@@ -98,3 +98,23 @@ def test_console_script_is_installed():
     exe = shutil.which("deploycam") or os.path.join(os.path.dirname(sys.executable), "deploycam")
     result = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "explain" in result.stdout and "layers" in result.stdout
+
+
+def test_explain_aug_smooth(image_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["explain", str(image_dir / "cat.png"), "--aug-smooth", "--eigen-smooth", "--out", str(out)]) == 0
+    assert os.listdir(out) == ["cat_285_gradcam.png"]
+
+
+def test_evaluate_prints_metrics_per_method(image_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(image_dir / "cat.png"), str(image_dir / "coffee.jpg"), "--method",
+                 "gradcam,layercam", "--steps", "4", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "deletion" in printed and "gradcam " in printed and "layercam" in printed
+    import json
+
+    data = json.loads((out / "evaluate.json").read_text())
+    assert set(data["results"]) == {"gradcam", "layercam"}
+    assert 0.0 <= data["results"]["gradcam"]["deletion"] <= 1.0
+    assert (out / "evaluate.png").exists()

@@ -64,3 +64,28 @@ def test_cam_matches_classifier_weights(arch, layer):
 def test_cam_refuses_heads_that_are_not_pool_plus_linear(arch, layer):
     with pytest.raises(MethodError, match="global average pooling"):
         base_explainer(arch, layer).with_method("cam")
+
+
+CONTRIBUTIONS = {  # per-channel contributions whose channel sum is each method's map (before ReLU)
+    "gradcam": lambda A, G: G.mean(axis=(2, 3))[:, :, None, None] * A,
+    "gradcam++": lambda A, G: (reference.gradcam_pp_weights(A, G))[:, :, None, None] * A,
+    "xgradcam": lambda A, G: ((G * A).sum(axis=(2, 3)) / (A.sum(axis=(2, 3)) + 1e-7))[:, :, None, None] * A,
+    "hirescam": lambda A, G: G * A,
+    "gradcam-elementwise": lambda A, G: reference.relu(G * A),
+    "layercam": lambda A, G: reference.relu(G) * A,
+}
+
+
+@pytest.mark.parametrize("method", list(CONTRIBUTIONS))
+@pytest.mark.parametrize("arch,layer", [("resnet18", "layer4"), ("efficientnet-lite0", "_conv_head")],
+                         ids=["resnet18", "efficientnet-lite0"])
+def test_eigen_smooth_is_the_first_component_of_the_contributions(arch, layer, method):
+    x, A, G = oracle(arch, layer)
+    result = base_explainer(arch, layer).with_method(method)(x, TARGETS, eigen_smooth=True)
+    assert_close(result.raw.double().numpy(), reference.first_component(CONTRIBUTIONS[method](A, G)))
+
+
+def test_eigen_smooth_leaves_eigencam_alone():
+    x, _, _ = oracle("resnet18", "layer4")
+    exp = base_explainer("resnet18", "layer4").with_method("eigencam")
+    torch.testing.assert_close(exp(x, TARGETS, eigen_smooth=True).raw, exp(x, TARGETS).raw, rtol=0, atol=0)

@@ -63,3 +63,25 @@ def test_explanation_numpy_helpers(exp):
     np.testing.assert_allclose(arrays["probabilities"].sum(1), 1.0, rtol=1e-5)
     assert result.cam_numpy(1).shape == (64, 64)
     assert len(result) == 2
+
+
+def test_aug_smooth_averages_the_six_augmentations_mapped_back(exp):
+    x = random_input(2, 64)
+    targets = torch.tensor([3, 4])
+    smooth = exp(x, targets, aug_smooth=True)
+    maps = []
+    for flip in (False, True):
+        for factor in (0.9, 1.0, 1.1):
+            xa = x * factor
+            r = exp(xa.flip(-1) if flip else xa, targets)
+            maps.append(r.cams.flip(-1) if flip else r.cams)
+    torch.testing.assert_close(smooth.cams, torch.stack(maps).mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(smooth.logits, exp(x, targets).logits)
+
+
+def test_aug_smooth_is_mirror_equivariant(exp):
+    """The augmentation set is closed under flipping, so smoothing a mirrored image mirrors the map."""
+    x = random_input(1, 64)
+    direct = exp(x, 5, aug_smooth=True).cams
+    mirrored = exp(x.flip(-1), 5, aug_smooth=True).cams.flip(-1)
+    torch.testing.assert_close(direct, mirrored, rtol=1e-4, atol=1e-5)

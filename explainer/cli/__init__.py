@@ -1,4 +1,4 @@
-"""The ``deploycam`` command line: ``explain``, ``export``, ``layers``, ``models``, ``demo``, ``bench``."""
+"""The ``deploycam`` command line: ``explain``, ``export``, ``layers``, ``models``, ``demo``, ``evaluate``, ``bench``."""
 
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from explainer.cli import bench_cmd, demo_cmd, explain_cmd, export_cmd, layers_cmd
+from explainer.cli import bench_cmd, demo_cmd, evaluate_cmd, explain_cmd, export_cmd, layers_cmd
 from explainer.errors import DeployCamError
 
-_COMMANDS = (demo_cmd, explain_cmd, export_cmd, layers_cmd, bench_cmd)
+_COMMANDS = (demo_cmd, explain_cmd, export_cmd, layers_cmd, evaluate_cmd, bench_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -80,6 +80,8 @@ def explain_batch(
     colormap: str = "jet",
     alpha: float = 0.5,
     device: str = "cpu",
+    aug_smooth: bool = False,
+    eigen_smooth: bool = False,
 ) -> list[ImageResult]:
     """Explain a batch of RGB images, write one overlay PNG per image and class (+ a grid when several).
 
@@ -88,10 +90,11 @@ def explain_batch(
     """
     tensors, views = zip(*(preprocess(image) for image in images))
     x = torch.stack(tensors).to(device)
+    smooth = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth} if aug_smooth or eigen_smooth else {}
     if classes:
-        result = explainer(x, torch.tensor([list(classes)] * len(images)))
+        result = explainer(x, torch.tensor([list(classes)] * len(images)), **smooth)
     else:
-        result = explainer(x, topk=topk)
+        result = explainer(x, topk=topk, **smooth)
     probs = result.probabilities.cpu()
     targets = result.targets.cpu().reshape(len(images), -1)
     cams = result.cams.cpu().reshape(len(images), targets.shape[1], *result.cams.shape[-2:])

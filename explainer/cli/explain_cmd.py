@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="deploycam-out", help="directory for the PNGs (default ./deploycam-out)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--aug-smooth", action="store_true",
+                   help="average over flips and intensity changes (6x the cost; eager only)")
+    p.add_argument("--eigen-smooth", action="store_true",
+                   help="first principal component of the channel contributions instead of their sum (eager only)")
     p.add_argument("--runtime", default=None, metavar="FILE",
                    help="explain with an exported graph (.onnx via ONNX Runtime, .pt via TorchScript; part full) "
                         "instead of eager PyTorch; --model/--layer/--method are then ignored")
@@ -50,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
     if args.runtime:
         from export import load
 
+        if args.aug_smooth or args.eigen_smooth:
+            raise InputError("--aug-smooth/--eigen-smooth are for the eager explainer; exported graphs compute one map")
         explainer = load(args.runtime, device=args.device)
         if explainer.info.part != "full":
             raise InputError(f"{args.runtime} is a part={explainer.info.part!r} graph; explaining images needs part='full'")
@@ -77,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
             if not images:
                 continue
             results = explain_batch(explainer, names, images, preprocess, args.out, args.classes,
-                                    args.topk, args.colormap, args.alpha, args.device)
+                                    args.topk, args.colormap, args.alpha, args.device, args.aug_smooth,
+                                    args.eigen_smooth)
             for r in results:
                 tqdm.write(f"{r.name}: {format_classes(r.classes)}")
                 written += len(r.files)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from explainer.methods.base import CamMethod, Probe, perturbation_only, weighted_sum
+from explainer.methods.base import CamMethod, Probe, perturbation_only
 
 
 def ablation_scores(activations: Tensor, targets: Tensor, probe: Probe) -> Tensor:
@@ -33,16 +33,15 @@ def ablation_scores(activations: Tensor, targets: Tensor, probe: Probe) -> Tenso
     return out
 
 
-def ablationcam(activations: Tensor, targets: Tensor, probe: Probe) -> Tensor:
-    """Ablation-CAM maps ``(N, K, h, w)`` for activations ``(N, C, h, w)`` and targets ``(N, K)``."""
+def ablationcam_weights(activations: Tensor, targets: Tensor, probe: Probe) -> Tensor:
+    """Ablation-CAM channel weights ``(N, K, C)`` for activations ``(N, C, h, w)`` and targets ``(N, K)``."""
     with torch.no_grad():
         base = probe.head(activations.clone(), *probe.skips).gather(1, targets)  # (N, K)
         ablated = ablation_scores(activations, targets, probe)
-        weights = (base[:, :, None] - ablated) / base[:, :, None]
-        return weighted_sum(weights, activations)
+        return (base[:, :, None] - ablated) / base[:, :, None]
 
 
 METHOD = CamMethod(
     "ablationcam", perturbation_only, "relative score drop when each channel is zeroed (head-only forwards, no gradient)",
-    needs_gradient=False, perturbation=ablationcam,
+    needs_gradient=False, perturbation=ablationcam_weights,
 )

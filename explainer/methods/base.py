@@ -50,7 +50,7 @@ class Probe:
         return tuple(s[n:n + 1].expand(copies, *s.shape[1:]) if isinstance(s, Tensor) else s for s in self.skips)
 
 
-#: ``(activations (N, C, h, w), targets (N, K), probe) -> raw maps (N, K, h, w)``.
+#: ``(activations (N, C, h, w), targets (N, K), probe) -> channel weights (N, K, C)``.
 PerturbationFunction = Callable[[Tensor, Tensor, Probe], Tensor]
 
 
@@ -65,8 +65,13 @@ class CamMethod:
         class_specific: False when the map is the same for every class.
         requires_linear_head: True when the method is only defined for heads that
             are global average pooling followed by a linear layer (CAM).
+        weights: for methods of the form ``ReLU(sum_c w_c A_c)``: ``(activations, gradients) -> w (N, K, C)``.
+        contributions: for element-wise methods: ``(activations, gradients) -> (N, K, C, h, w)``,
+            whose channel sum (before the ReLU) is the map. ``eigen_smooth`` projects either on
+            its first principal component instead of summing.
         perturbation: for methods that re-run the head or the model on perturbed inputs
-            (Ablation-CAM, Score-CAM) instead of using gradients; ``compute`` is then unused.
+            (Ablation-CAM, Score-CAM) instead of using gradients: ``(activations, targets, probe)
+            -> channel weights (N, K, C)``; ``compute`` is then unused.
         uses_svd: True when the map needs a singular value decomposition (no ONNX operator exists
             for it, so such methods export to TorchScript only).
         summary: one line for help texts.
@@ -79,6 +84,8 @@ class CamMethod:
     class_specific: bool = True
     requires_linear_head: bool = False
     uses_svd: bool = False
+    weights: CamFunction | None = None
+    contributions: CamFunction | None = None
     perturbation: PerturbationFunction | None = None
 
 

@@ -11,12 +11,17 @@ from torch import Tensor
 from explainer.methods.base import CamMethod, weighted_sum
 
 
+def cam_weights(activations: Tensor, gradients: Tensor) -> Tensor:
+    """``W[k, c] = sum_hw dS_k/dA_c``: ``(N, K, C)``."""
+    return gradients.sum(dim=(-2, -1))
+
+
 def cam(activations: Tensor, gradients: Tensor) -> Tensor:
     """CAM map with weights ``W[k, c] = sum_hw dS_k/dA_c``; shapes as in :mod:`explainer.methods.base`."""
-    return weighted_sum(gradients.sum(dim=(-2, -1)), activations)
+    return weighted_sum(cam_weights(activations, gradients), activations)
 
 
 METHOD = CamMethod(
     "cam", cam, "classifier weights of a global-average-pool + linear head",
-    requires_linear_head=True,
+    requires_linear_head=True, weights=cam_weights,
 )

@@ -6,9 +6,15 @@ from torch import Tensor
 from explainer.methods.base import CamMethod
 
 
+def hirescam_contributions(activations: Tensor, gradients: Tensor) -> Tensor:
+    """g_c * A_c per channel: ``(N, K, C, h, w)``."""
+    return gradients * activations.unsqueeze(1)
+
+
 def hirescam(activations: Tensor, gradients: Tensor) -> Tensor:
     """HiResCAM map; shapes as in :mod:`explainer.methods.base`."""
-    return torch.relu((gradients * activations.unsqueeze(1)).sum(dim=2))
+    return torch.relu(hirescam_contributions(activations, gradients).sum(dim=2))
 
 
-METHOD = CamMethod("hirescam", hirescam, "element-wise gradient x activation, summed over channels")
+METHOD = CamMethod("hirescam", hirescam, "element-wise gradient x activation, summed over channels",
+                   contributions=hirescam_contributions)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from explainer.methods.base import CamMethod, Probe, perturbation_only, weighted_sum
+from explainer.methods.base import CamMethod, Probe, perturbation_only
 
 
 def channel_masks(activations: Tensor, height: int, width: int) -> Tensor:
@@ -29,8 +29,8 @@ def channel_masks(activations: Tensor, height: int, width: int) -> Tensor:
     return torch.where(span > 0, (up - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(up))
 
 
-def scorecam(activations: Tensor, targets: Tensor, probe: Probe) -> Tensor:
-    """Score-CAM maps ``(N, K, h, w)`` for activations ``(N, C, h, w)`` and targets ``(N, K)``."""
+def scorecam_weights(activations: Tensor, targets: Tensor, probe: Probe) -> Tensor:
+    """Score-CAM channel weights ``(N, K, C)`` for activations ``(N, C, h, w)`` and targets ``(N, K)``."""
     images = probe.images
     n_images, channels = activations.shape[:2]
     keep = channels if probe.max_channels is None else min(probe.max_channels, channels)
@@ -49,10 +49,10 @@ def scorecam(activations: Tensor, targets: Tensor, probe: Probe) -> Tensor:
                 scores.append(probe.model(masked)[:, targets[n]])  # (b, K)
                 bar.update(1)
             weights[n][:, chosen] = torch.cat(scores).T.softmax(dim=-1)
-    return weighted_sum(weights, activations)
+    return weights
 
 
 METHOD = CamMethod(
     "scorecam", perturbation_only, "softmax of the target logit on images masked by each channel (model forwards)",
-    needs_gradient=False, perturbation=scorecam,
+    needs_gradient=False, perturbation=scorecam_weights,
 )
