@@ -45,17 +45,44 @@ def median_time_ms(fn: Callable[[], object], rounds: int, warmup: int) -> float:
     return statistics.median(samples)
 
 
+def interleaved_ms(fn: Callable[[], object], floor: Callable[[], object], rounds: int,
+                   warmup: int) -> tuple[float, float]:
+    """Medians (case, floor) in ms, timed in alternating rounds so drift hits both alike."""
+    for _ in range(warmup):
+        floor()
+        fn()
+    case_samples, floor_samples = [], []
+    for _ in range(rounds):
+        for target, samples in ((floor, floor_samples), (fn, case_samples)):
+            start = time.perf_counter()
+            target()
+            samples.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(case_samples), statistics.median(floor_samples)
+
+
 def run_cases(cases: Iterable[Case], workbench: Workbench, rounds: int = 10, warmup: int = 2,
               memory: bool = False, progress: Callable[[str], None] | None = None) -> list[Result]:
-    """Time every case (floors too), then fill ratios, peer speed-ups and, with ``memory``, peak memory."""
+    """Time every case against its floor (interleaved rounds), then fill peer speed-ups and memory.
+
+    Each case's ``ratio`` is its median over the median of its floor timed in alternating
+    rounds with it (machine drift and thermal or cache effects then hit both alike); the
+    floor's own row reports the median of its first standalone timing.
+    """
     results: dict[Case, Result] = {}
+    floors: dict[Case, Callable[[], object]] = {}
     for case in cases:
         if progress:
             progress(case.name)
         result = Result(case)
         try:
             fn = workbench.callable(case)
-            result.median_ms = median_time_ms(fn, rounds, warmup)
+            if case.method == "plain":
+                floors[case] = fn
+                result.median_ms = median_time_ms(fn, rounds, warmup)
+            else:
+                floor = floors.get(case.floor) or workbench.callable(case.floor)
+                result.median_ms, result.floor_ms = interleaved_ms(fn, floor, rounds, warmup)
+                result.ratio = result.median_ms / result.floor_ms
             result.samples = rounds
             if memory:
                 from explainer.bench.memory import measure
@@ -67,15 +94,6 @@ def run_cases(cases: Iterable[Case], workbench: Workbench, rounds: int = 10, war
             result.median_ms = None
             result.unavailable = f"failed: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:160]}"
         results[case] = result
-    # A floor timed first in its group meets cold caches; time each floor again at the end and
-    # keep the faster median, so ratios are never flattered by a slow floor.
-    for case, result in results.items():
-        if case.method == "plain" and result.median_ms is not None:
-            try:
-                again = median_time_ms(workbench.callable(case), rounds, warmup)
-                result.median_ms = min(result.median_ms, again)
-            except Exception:  # noqa: BLE001 - keep the first measurement
-                pass
     _relate(results)
     return list(results.values())
 
@@ -83,17 +101,20 @@ def run_cases(cases: Iterable[Case], workbench: Workbench, rounds: int = 10, war
 def _relate(results: dict[Case, Result]) -> None:
     for case, result in results.items():
         floor = results.get(case.floor)
-        if floor and floor.median_ms and result.median_ms:
+        if floor and floor.median_ms and result.median_ms and result.ratio is None:
             result.floor_ms = floor.median_ms
             result.ratio = result.median_ms / floor.median_ms
         if floor and floor.memory and result.memory and floor.memory["delta_mb"] > 0:
             result.memory_ratio = result.memory["delta_mb"] / floor.memory["delta_mb"]
+    for case, result in results.items():
         if case.runtime == "eager" and case.method != "plain" and result.median_ms:
             for other, peer in results.items():
                 same = (other.model, other.batch, other.device, other.method) == (case.model, case.batch, case.device,
                                                                                   case.method)
-                if same and other.runtime not in ("eager", "torchscript", "onnxruntime") and peer.median_ms:
-                    result.speedups[other.runtime] = peer.median_ms / result.median_ms
+                if same and other.runtime not in ("eager", "torchscript", "onnxruntime") and peer.ratio \
+                        and result.ratio:
+                    # both against the same eager floor, each timed interleaved with it
+                    result.speedups[other.runtime] = peer.ratio / result.ratio
 
 
 def environment() -> dict:
