@@ -203,17 +203,11 @@ def to_onnx(explainer: Explainer, path: str | os.PathLike, example_input: Tensor
 
 def _add_default_target(model) -> None:
     """Give the ``target`` input the default ``[-1]`` (argmax) so callers may omit it."""
-    import onnx
+    import numpy as np
     from onnx import numpy_helper
 
-    if any(init.name == "target" for init in model.graph.initializer):
-        return
-    import numpy as np
-
-    model.graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), name="target"))
-    if model.ir_version < 4:  # pragma: no cover - the dynamo exporter writes IR >= 8
-        raise ExportError("ONNX IR version too old for optional inputs")
-    del onnx  # only needed for the type
+    if not any(init.name == "target" for init in model.graph.initializer):
+        model.graph.initializer.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), name="target"))
 
 
 def model_to_onnx(model: nn.Module, path: str | os.PathLike, example_input: Tensor, dynamic_batch: bool = True) -> None:

@@ -26,7 +26,8 @@ PEERS = {
     "torchcam": ("gradcam",),
     "captum": ("gradcam",),
 }
-RUNTIMES = ("eager", "torchscript", "onnxruntime", *PEERS)
+#: runtimes that are deploycam itself, each compared with its own plain inference (peers: with eager).
+OWN_RUNTIMES = ("eager", "torchscript", "onnxruntime")
 IMAGE_SIZE = 224
 
 
@@ -51,7 +52,7 @@ class Case:
     @property
     def floor(self) -> Case:
         """The plain inference this case is compared with: the same runtime's (peers: eager's)."""
-        runtime = self.runtime if self.runtime in ("eager", "torchscript", "onnxruntime") else "eager"
+        runtime = self.runtime if self.runtime in OWN_RUNTIMES else "eager"
         return Case(self.model, self.batch, self.device, runtime, "plain")
 
     def to_dict(self) -> dict:

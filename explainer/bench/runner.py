@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from explainer.bench.cases import Case, Unavailable, Workbench
+from explainer.bench.cases import OWN_RUNTIMES, Case, Unavailable, Workbench
 
 
 @dataclass
@@ -111,7 +111,7 @@ def _relate(results: dict[Case, Result]) -> None:
             for other, peer in results.items():
                 same = (other.model, other.batch, other.device, other.method) == (case.model, case.batch, case.device,
                                                                                   case.method)
-                if same and other.runtime not in ("eager", "torchscript", "onnxruntime") and peer.ratio \
+                if same and other.runtime not in OWN_RUNTIMES and peer.ratio \
                         and result.ratio:
                     # both against the same eager floor, each timed interleaved with it
                     result.speedups[other.runtime] = peer.ratio / result.ratio

@@ -10,6 +10,7 @@ import torch
 from explainer.cli.common import add_model_args, model_from_args
 from explainer.core import Explainer
 from explainer.errors import DeployCamError, InputError
+from explainer.postprocess import normalize_maps
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     runtime = load(args.out)
     inputs = fresh if args.part == "full" else explainer.backbone(fresh)[0].detach()
     exported = runtime(inputs)
-    reference = eager.cams if args.part == "full" else _normalised(eager.raw)
+    reference = eager.cams if args.part == "full" else normalize_maps(eager.raw)
     diff = float((exported.cams - reference).abs().max())
     same = bool(torch.equal(exported.targets, eager.targets))
     print(f"check on a fresh batch of 3 ({runtime.backend}): max |cam - eager| = {diff:.2e}, "
@@ -63,9 +64,3 @@ def run(args: argparse.Namespace) -> int:
     if diff > 1e-4 or not same:
         raise DeployCamError("the exported graph does not match eager PyTorch (max diff > 1e-4)")
     return 0
-
-
-def _normalised(raw: torch.Tensor) -> torch.Tensor:
-    from explainer.postprocess import normalize_maps
-
-    return normalize_maps(raw)
