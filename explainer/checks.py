@@ -1,6 +1,15 @@
-"""Input validation: clear errors before anything reaches torch."""
+"""Input validation: clear errors before anything reaches torch.
+
+Checks that read tensor values (NaN/inf, target ranges on the GPU) would each force a
+host-device synchronisation in the middle of a call; :class:`DeferredChecks` collects them
+as boolean tensors and reads them all at once, at the end of the call (or before a slow
+perturbation loop), and raises the first failure.
+"""
 
 from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -10,14 +19,39 @@ from explainer.errors import GradModeError, InputError
 
 def model_device_dtype(module: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
     """Device and dtype of the module's first floating parameter or buffer (None if it has none)."""
-    for t in list(module.parameters()) + list(module.buffers()):
+    for t in itertools.chain(module.parameters(), module.buffers()):
         if t.is_floating_point():
             return t.device, t.dtype
     return None, None
 
 
-def check_input(x: Tensor, device: torch.device | None, dtype: torch.dtype | None, in_channels: int | None) -> None:
-    """Raise :class:`InputError` unless ``x`` is a finite ``(N, C, H, W)`` float batch the model can take."""
+class DeferredChecks:
+    """Value checks as ``(ok: bool tensor, error factory)`` pairs, verified with one synchronisation."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Tensor, Callable[[], Exception]]] = []
+
+    def add(self, ok: Tensor, error: Callable[[], Exception]) -> None:
+        """Register ``ok`` (a 0-d bool tensor, True when fine) and what to raise when it is False."""
+        self._items.append((ok.reshape(()), error))
+
+    def verify(self) -> None:
+        """Read every pending flag (one host-device sync) and raise the first failure, in order added."""
+        if not self._items:
+            return
+        flags = torch.stack([ok.to(self._items[0][0].device) for ok, _ in self._items]).tolist()
+        items, self._items = self._items, []
+        for flag, (_, error) in zip(flags, items):
+            if not flag:
+                raise error()
+
+
+def check_input(x: Tensor, device: torch.device | None, dtype: torch.dtype | None, in_channels: int | None,
+                deferred: DeferredChecks | None = None) -> None:
+    """Raise :class:`InputError` unless ``x`` is a finite ``(N, C, H, W)`` float batch the model can take.
+
+    With ``deferred``, the NaN/inf check is registered there instead of read now.
+    """
     if not isinstance(x, Tensor):
         raise InputError(f"input must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
     if x.ndim != 4:
@@ -36,8 +70,12 @@ def check_input(x: Tensor, device: torch.device | None, dtype: torch.dtype | Non
         raise InputError(f"input dtype {x.dtype} does not match the model's {dtype}; convert with x.to({dtype})")
     if device is not None and x.device != device:
         raise InputError(f"input is on {x.device} but the model is on {device}; move it with x.to('{device}')")
-    if not bool(torch.isfinite(x).all()):
-        raise InputError("input contains NaN or inf values")
+    finite = torch.isfinite(x).all()
+    error = lambda: InputError("input contains NaN or inf values")  # noqa: E731
+    if deferred is not None:
+        deferred.add(finite, error)
+    elif not bool(finite):
+        raise error()
 
 
 def check_grad_mode() -> None:

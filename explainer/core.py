@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, fx, nn
 
-from explainer.checks import check_grad_mode, check_input, model_device_dtype
+from explainer.checks import DeferredChecks, check_grad_mode, check_input, model_device_dtype
 from explainer.errors import (
     GradModeError,
     InputError,
@@ -20,14 +20,16 @@ from explainer.errors import (
     TargetError,
 )
 from explainer.explanation import Explanation
-from explainer.gradients import target_gradients
+from explainer.gradients import score_gradients
 from explainer.head_structure import find_linear_head
 from explainer.methods import CamMethod, Probe, get_method
 from explainer.methods.base import weighted_sum
+from explainer.outputs import OutputKey, select_output
 from explainer.postprocess import normalize_maps, upsample_maps
+from explainer.reshape import Reshape, as_reshape
 from explainer.smoothing import contributions, eigen_smooth
 from explainer.split import LayerSpec, LeafSpec, SplitModel, split_model
-from explainer.targets import Targets, resolve_targets
+from explainer.targets import Scorer, Targets, make_scorer
 
 Backbone = Callable[[Tensor], Tensor | Sequence[Tensor]]
 
@@ -66,11 +68,13 @@ class Explainer:
         batch_size: int = 32,
         max_channels: int | None = None,
         progress: bool = True,
+        output_key: OutputKey = None,
+        reshape: str | Reshape | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}; use Explainer.from_parts for callables")
         self.method = get_method(method)
-        self._set_options(batch_size, max_channels, progress)
+        self._set_options(batch_size, max_channels, progress, output_key, reshape)
         self._model: nn.Module | None = model
         self._target_layer = target_layer
         self._leaf_modules = tuple(leaf_modules)
@@ -102,17 +106,19 @@ class Explainer:
         batch_size: int = 32,
         max_channels: int | None = None,
         progress: bool = True,
+        output_key: OutputKey = None,
+        reshape: str | Reshape | None = None,
     ) -> Explainer:
         """An explainer from two callables, for models torch.fx cannot trace.
 
         ``backbone(x) -> activations (N, C, h, w)`` (or a tuple ``(activations, *skips)``)
-        and ``head(activations, *skips) -> logits (N, num_classes)``. The head must be
-        differentiable for gradient methods and must not modify values the backbone
-        shares with it in place.
+        and ``head(activations, *skips) -> logits (N, num_classes)`` (or any output with
+        target callables / ``output_key``). The head must be differentiable for gradient
+        methods and must not modify values the backbone shares with it in place.
         """
         self = cls.__new__(cls)
         self.method = get_method(method)
-        self._set_options(batch_size, max_channels, progress)
+        self._set_options(batch_size, max_channels, progress, output_key, reshape)
         self._model = None
         self._splits = {}
         self._lock = threading.Lock()
@@ -125,12 +131,23 @@ class Explainer:
         self._check_head_tensors(head)
         return self
 
-    def _set_options(self, batch_size: int, max_channels: int | None, progress: bool) -> None:
+    def _set_options(self, batch_size: int, max_channels: int | None, progress: bool, output_key: OutputKey,
+                     reshape: str | Reshape | None) -> None:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise MethodError(f"batch_size must be an integer >= 1 (perturbed copies per forward), got {batch_size!r}")
         if max_channels is not None and (not isinstance(max_channels, int) or max_channels < 1):
             raise MethodError(f"max_channels must be None (all channels) or an integer >= 1, got {max_channels!r}")
         self.batch_size, self.max_channels, self.progress = batch_size, max_channels, progress
+        self.output_key = output_key
+        self.reshape = as_reshape(reshape)
+        self._check_reshape_fits()
+
+    def _check_reshape_fits(self) -> None:
+        if self.reshape is not None and self.method.needs_head_inverse:
+            raise MethodError(
+                f"{self.method.name!r} feeds changed activations back to the head, which reads the layer's own "
+                "layout, so it cannot run through reshape=; use a gradient method or 'scorecam'"
+            )
 
     def with_method(self, method: str | CamMethod) -> Explainer:
         """A new explainer sharing this one's split graphs, with another method (no re-tracing)."""
@@ -139,6 +156,7 @@ class Explainer:
         other._lock = threading.Lock()
         other._splits = dict(self._splits)
         other.method = get_method(method)
+        other._check_reshape_fits()
         other._check_method_fits(other._head)
         other._check_head_tensors(other._head)
         return other
@@ -205,66 +223,73 @@ class Explainer:
             x: images ``(N, C, H, W)``, floating, on the model's device, finite.
             targets: None (each image's top class), an int (for all), N ints or a
                 ``(N,)`` tensor (one per image), or a ``(N, K)`` tensor / nested list
-                (K classes per image, one backbone forward and one batched backward).
+                (K classes per image, one backbone forward and one batched backward);
+                or a target callable ``output (N, ...) -> (N,)`` scores such as
+                ``ClassTarget(k)``, ``SegmentationTarget(k, mask)``, ``SimilarityTarget(e)``,
+                or N per-image callables in pytorch-grad-cam's convention
+                (see :mod:`explainer.target_functions`).
             topk: instead of ``targets``, explain each image's ``topk`` highest-scoring
                 classes (``targets`` becomes ``(N, topk)``, best first).
             aug_smooth: average the maps of 6 augmented copies (horizontal flip x intensity
                 0.9/1.0/1.1, as pytorch-grad-cam), each mapped back; targets are fixed from the
-                original images, logits are the original's. Costs 6 calls.
+                original images (spatial targets flipped with them), logits are the original's.
+                Costs 6 calls.
             eigen_smooth: replace the channel sum by the first principal component of the
                 per-channel contributions (see :mod:`explainer.smoothing`); no effect on
                 eigencam/eigengradcam, which are principal components already.
 
         Returns:
             An :class:`Explanation`; maps keep a K axis only for ``(N, K)`` targets.
+            ``logits`` is the model output (the ``output_key`` entry); ``targets`` holds
+            -1 for target callables that are not classes.
         """
-        logits, target_idx, keep_k, raw, cams = self._maps(x, targets, topk, eigen_smooth)
+        logits, scorer, raw, cams = self._maps(x, targets, topk, eigen_smooth)
         if aug_smooth:
             raws, all_cams = [raw], [cams]
             for flip, factor in AUGMENTATIONS:
                 augmented = x * factor
-                _, _, _, r, c = self._maps(augmented.flip(-1) if flip else augmented, target_idx, None, eigen_smooth)
+                _, _, r, c = self._maps(augmented.flip(-1) if flip else augmented,
+                                        scorer.flipped() if flip else scorer, None, eigen_smooth)
                 raws.append(r.flip(-1) if flip else r)
                 all_cams.append(c.flip(-1) if flip else c)
             raw, cams = torch.stack(raws).mean(0), torch.stack(all_cams).mean(0)
-        if not keep_k:
+        target_idx = scorer.labels(x.shape[0], logits.device)
+        if not scorer.keep_k:
             raw, cams, target_idx = raw[:, 0], cams[:, 0], target_idx[:, 0]
         return Explanation(logits, target_idx, raw.detach(), cams.detach(), self.method.name, self.layer)
 
     explain = __call__
 
-    def _maps(self, x: Tensor, targets: Targets, topk: int | None,
-              eigen: bool = False) -> tuple[Tensor, Tensor, bool, Tensor, Tensor]:
-        """``(logits, targets (N, K), K given?, raw (N, K, h, w), cams (N, K, H, W))`` for one batch."""
+    def _maps(self, x: Tensor, targets: Targets | Scorer, topk: int | None,
+              eigen: bool = False) -> tuple[Tensor, Scorer, Tensor, Tensor]:
+        """``(output, scorer, raw (N, K, h, w), cams (N, K, H, W))`` for one batch."""
         check_grad_mode()
         backbone, head = self._parts()
         device, dtype = model_device_dtype(head) if isinstance(head, nn.Module) else (None, None)
         if device is None and isinstance(backbone, nn.Module):
             device, dtype = model_device_dtype(backbone)
-        check_input(x, device, dtype, self._in_channels)
+        deferred = DeferredChecks()  # value checks, read with one sync at the end (see explainer.checks)
+        check_input(x, device, dtype, self._in_channels, deferred)
 
-        activations, skips = self._run_backbone(backbone, x)
+        layer_out, skips = self._run_backbone(backbone, x)
+        activations = self._as_grid(layer_out, x)
         needs_grad = self.method.needs_gradient
-        leaf = activations.detach().requires_grad_(needs_grad)
+        leaf = layer_out.detach().requires_grad_(needs_grad)
         with torch.set_grad_enabled(needs_grad):
             # clone: the head may modify its input in place (DenseNet's ReLU(inplace=True)).
-            logits = head(leaf.clone(), *skips)
-        _check_logits(logits, x.shape[0])
-        if topk is not None:
-            if targets is not None:
-                raise TargetError("give either targets or topk, not both")
-            if not 1 <= int(topk) <= logits.shape[1]:
-                raise TargetError(f"topk must be in [1, {logits.shape[1]}] (the number of classes), got {topk}")
-            targets = logits.detach().topk(int(topk), dim=1).indices
-        target_idx, keep_k = resolve_targets(targets, logits)
+            output = select_output(head(leaf.clone(), *skips), self.output_key)
+        _check_output(output, x.shape[0], deferred)
+        scorer = targets if isinstance(targets, Scorer) else make_scorer(targets, output, topk, deferred)
 
         weights = None
         if self.method.perturbation is not None:
-            weights = self.method.perturbation(activations, target_idx, self._probe(backbone, head, skips, x))
+            deferred.verify()  # before the long loop
+            weights = self.method.perturbation(activations, self._probe(backbone, head, skips, x, scorer))
             grads = activations.new_empty(0)
         elif needs_grad:
             with torch.enable_grad():  # the caller may be under no_grad
-                grads = target_gradients(logits, leaf, target_idx)
+                scores = scorer(output)
+                grads = self._as_grid_batched(score_gradients(scores, leaf, self._grad_hint()), x)
         else:
             grads = activations.new_empty(0)
         parts = contributions(self.method, activations, grads, weights) if eigen else None
@@ -274,25 +299,67 @@ class Explainer:
             raw = weighted_sum(weights, activations)
         else:
             raw = self.method.compute(activations, grads)
-        raw = raw.expand(-1, target_idx.shape[1], -1, -1) if raw.shape[1] != target_idx.shape[1] else raw
-        if not bool(torch.isfinite(raw).all()):
-            raise NonFiniteError(
-                f"{self.method.name} produced NaN/inf values at {self.layer!r} (the activations or gradients "
-                "overflowed); check the model's weights and dtype"
-            )
+        raw = raw.expand(-1, scorer.k, -1, -1) if raw.shape[1] != scorer.k else raw
+        deferred.add(torch.isfinite(raw).all(), lambda: NonFiniteError(
+            f"{self.method.name} produced NaN/inf values at {self.layer!r} (the activations or gradients "
+            "overflowed); check the model's weights and dtype"))
         cams = upsample_maps(normalize_maps(raw), x.shape[-2], x.shape[-1])
-        return logits.detach(), target_idx, keep_k, raw.detach(), cams.detach()
+        deferred.verify()  # the call's one host-device synchronisation, after all its work is queued
+        return output.detach(), scorer, raw.detach(), cams.detach()
 
-    def _probe(self, backbone: Backbone, head: Head, skips: tuple, x: Tensor) -> Probe:
+    def _grad_hint(self) -> str:
+        if self._model is None:
+            return ("the head given to Explainer.from_parts is not differentiable (it detaches, runs under "
+                    "no_grad, or does not use the activations); gradient methods need a differentiable head, "
+                    "use eigencam, scorecam or ablationcam otherwise")
+        return "the target scores do not depend on the layer's activations through autograd"
+
+    def _as_grid(self, layer_out: Tensor, x: Tensor) -> Tensor:
+        """The layer output as ``(N, C, h, w)`` (through ``reshape``), with clear errors."""
+        grid = layer_out if self.reshape is None else self.reshape(layer_out, (x.shape[-2], x.shape[-1]))
+        if not isinstance(grid, Tensor) or grid.ndim != 4 or grid.shape[0] != x.shape[0]:
+            shape = tuple(grid.shape) if isinstance(grid, Tensor) else type(grid).__name__
+            raise LayerShapeError(
+                f"layer {self.layer!r} outputs {shape}, not a spatial (N, C, h, w) map; pick a convolutional "
+                "layer, or pass reshape= for token layers of vision transformers ('tokens' for (N, tokens, C), "
+                "'channels_last' for Swin's (N, h, w, C))"
+                if self.reshape is None else
+                f"reshape turned layer {self.layer!r}'s output {tuple(layer_out.shape)} into {shape}, "
+                f"not (N={x.shape[0]}, C, h, w)"
+            )
+        if grid.shape[-2] * grid.shape[-1] == 1:
+            raise LayerShapeError(
+                f"layer {self.layer!r} outputs {tuple(grid.shape)}: a 1x1 map has no spatial "
+                "extent to explain; pick an earlier layer (or a larger input)"
+            )
+        if self.reshape is None and grid.shape[1] == grid.shape[2] and grid.shape[3] > 4 * grid.shape[1]:
+            warnings.warn(
+                f"layer {self.layer!r} outputs {tuple(grid.shape)}, which looks channels-last (N, h, w, C) "
+                "(Swin); if so pass reshape='channels_last'", stacklevel=4,
+            )
+        return grid
+
+    def _as_grid_batched(self, grads: Tensor, x: Tensor) -> Tensor:
+        """Gradients ``(N, K, *layer shape)`` -> ``(N, K, C, h, w)``."""
+        if self.reshape is None:
+            return grads
+        n, k = grads.shape[:2]
+        grid = self.reshape(grads.flatten(0, 1), (x.shape[-2], x.shape[-1]))
+        return grid.reshape(n, k, *grid.shape[1:])
+
+    def _probe(self, backbone: Backbone, head: Head, skips: tuple, x: Tensor, scorer: Scorer) -> Probe:
+        key = self.output_key
+
         def model(images: Tensor) -> Tensor:
             out = backbone(images)
             a, *extra = (out,) if isinstance(out, Tensor) else tuple(out)
-            return head(a, *extra)
+            return select_output(head(a, *extra), key)
 
         def head_on_copy(a: Tensor, *extra: Tensor) -> Tensor:
-            return head(a.clone(), *extra)  # the head may modify its input in place
+            return select_output(head(a.clone(), *extra), key)  # the head may modify its input in place
 
-        return Probe(head_on_copy, skips, model, x, self.batch_size, self.max_channels, self.progress)
+        return Probe(head_on_copy, skips, model, scorer, scorer.k, x, self.batch_size, self.max_channels,
+                     self.progress)
 
     def _run_backbone(self, backbone: Backbone, x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         try:
@@ -304,28 +371,19 @@ class Explainer:
                 f"{str(exc).splitlines()[0]}); check the image size and channels the model expects"
             ) from exc
         activations, *skips = (out,) if isinstance(out, Tensor) else tuple(out)
-        if not isinstance(activations, Tensor) or activations.ndim != 4:
-            shape = tuple(activations.shape) if isinstance(activations, Tensor) else type(activations).__name__
-            raise LayerShapeError(
-                f"layer {self.layer!r} outputs {shape}, not a spatial (N, C, h, w) map; pick a convolutional "
-                "layer (token layers of vision transformers need the reshape option, not supported yet)"
-            )
-        if activations.shape[-2] * activations.shape[-1] == 1:
-            raise LayerShapeError(
-                f"layer {self.layer!r} outputs {tuple(activations.shape)}: a 1x1 map has no spatial "
-                "extent to explain; pick an earlier layer (or a larger input)"
-            )
+        if not isinstance(activations, Tensor):
+            raise LayerShapeError(f"layer {self.layer!r} outputs {type(activations).__name__}, not a tensor")
         return activations, tuple(skips)
 
     def __repr__(self) -> str:
         return f"Explainer(layer={self.layer!r}, method={self.method.name!r})"
 
 
-def _check_logits(logits: object, n: int) -> None:
-    if not isinstance(logits, Tensor) or logits.ndim != 2 or logits.shape[0] != n:
-        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+def _check_output(output: Tensor, n: int, deferred: DeferredChecks) -> None:
+    if output.ndim < 2 or output.shape[0] != n:
         raise ModelOutputError(
-            f"the model returned {shape}; the explainer needs logits of shape (N={n}, num_classes)"
+            f"the model returned {tuple(output.shape)}; the explainer needs an output with the batch first, "
+            f"(N={n}, num_classes) logits or (N={n}, ...) for target callables"
         )
-    if not bool(torch.isfinite(logits).all()):
-        raise NonFiniteError("the model produced NaN or inf logits for this input")
+    deferred.add(torch.isfinite(output).all(),
+                 lambda: NonFiniteError("the model produced NaN or inf outputs (logits) for this input"))

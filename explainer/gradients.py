@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from explainer.errors import DeployCamError
+from explainer.errors import DeployCamError, MethodError
 
 
 def target_gradients(logits: Tensor, activations: Tensor, targets: Tensor) -> Tensor:
@@ -17,20 +17,34 @@ def target_gradients(logits: Tensor, activations: Tensor, targets: Tensor) -> Te
         targets: ``(N, K)`` long class indices.
 
     Returns:
-        ``(N, K, C, h, w)``. Only ``activations`` receives a gradient: autograd stops
-        there and never computes parameter gradients (nothing lands in ``.grad``).
-        K targets cost one batched backward pass (``is_grads_batched``), not K.
-        Images are independent (eval-mode batch norm), so summing over N is exact.
+        ``(N, K, C, h, w)``; see :func:`score_gradients`.
     """
     if not logits.requires_grad:
-        raise DeployCamError(
-            "the head's output does not depend on the activations through autograd; "
-            "gradient methods need a differentiable head (eigencam does not)"
-        )
-    k = targets.shape[1]
+        raise DeployCamError(_NOT_DIFFERENTIABLE)
+    return score_gradients(logits.gather(1, targets), activations)
+
+
+_NOT_DIFFERENTIABLE = ("the head's output does not depend on the activations through autograd; "
+                       "gradient methods need a differentiable head (eigencam does not)")
+
+
+def score_gradients(scores: Tensor, activations: Tensor, hint: str = _NOT_DIFFERENTIABLE) -> Tensor:
+    """d scores[n, k] / d activations[n] for scores ``(N, K)`` computed from ``activations`` ``(N, ...)``.
+
+    Returns ``(N, K, *activations.shape[1:])``. Only ``activations`` receives a gradient:
+    autograd stops there and never computes parameter gradients (nothing lands in ``.grad``).
+    K targets cost one batched backward pass (``is_grads_batched``), not K. Images are
+    independent (eval-mode batch norm), so summing over N is exact. Raises
+    :class:`MethodError` with ``hint`` when the scores do not depend on the activations.
+    """
+    if not scores.requires_grad:
+        raise MethodError(hint)
+    k = scores.shape[1]
     if k == 1:
-        return single_target_gradient(logits, activations, targets[:, 0])
-    scores = logits.gather(1, targets)  # (N, K)
+        (grad,) = torch.autograd.grad(scores.sum(), activations, allow_unused=True)
+        if grad is None:
+            raise MethodError(hint)
+        return grad.unsqueeze(1)
     select = torch.eye(k, dtype=scores.dtype, device=scores.device)[:, None, :].expand(k, *scores.shape)
     (grad,) = torch.autograd.grad(scores, activations, grad_outputs=select, is_grads_batched=True)
     return grad.transpose(0, 1)

@@ -13,10 +13,17 @@ with the softmax probability ``p(target | image)``.
   ``Y = p(image)`` and ``O = p(image * map)`` (Chattopadhay et al., 2018).
 * :func:`increase_in_confidence` (%, higher is better): ``mean_n [O_n > Y_n] * 100``.
 
+* :func:`road` (Rong et al., 2022, remove-and-debias): for each fraction f in ``fractions``
+  (default 0.1, 0.2, ..., 0.9) the ``round(f * H * W)`` most relevant pixels (``order="morf"``,
+  lower is better) or least relevant ones (``"lerf"``, higher is better) are removed and
+  *imputed* from their neighbours (noisy linear imputation, :mod:`explainer.imputation`), so
+  the removal leaves no sharp mask shape for the model to react to; the score is the mean of
+  ``p`` over the fractions. :func:`road_combined` is ``(LeRF - MoRF) / 2`` (higher is better),
+  pytorch-grad-cam's ``ROADCombined``.
+
 Baselines: ``"blur"`` (Gaussian blur, sigma = 5% of the image side, the usual choice for
 deletion/insertion), ``"mean"`` (each image's per-channel mean), ``"zero"``, or a tensor
 broadcastable to the images. Ties in the map are ordered by pixel index (row-major).
-ROAD (remove-and-debias) is not implemented yet.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import torchvision.transforms.functional as TF
 from torch import Tensor
 
 from explainer.errors import InputError
+from explainer.imputation import noisy_linear_impute
 
 Model = Callable[[Tensor], Tensor]
 
@@ -124,3 +132,51 @@ def increase_in_confidence(model: Model, images: Tensor, maps: Tensor, targets: 
     """Percentage of images whose target probability rises when masked by the map; higher is better."""
     original, masked = _confidences(model, images, maps, targets)
     return float((masked > original).float().mean() * 100)
+
+
+#: The removed fractions ROAD averages over (pytorch-grad-cam's percentiles 10..90).
+ROAD_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def road_curve(model: Model, images: Tensor, maps: Tensor, targets: Tensor, order: str = "morf",
+               fractions: tuple[float, ...] = ROAD_FRACTIONS, noise: float = 0.01, seed: int = 0,
+               batch_size: int = 32) -> Tensor:
+    """``(N, len(fractions))``: ``p(target)`` after removing and imputing each fraction of pixels.
+
+    ``order``: ``"morf"`` removes the most relevant pixels first, ``"lerf"`` the least relevant.
+    ``noise``: standard deviation of the noise added to imputed pixels (in the images' units);
+    ``seed`` makes it reproducible.
+    """
+    targets = _check(images, maps, targets, batch_size=batch_size)
+    if order not in ("morf", "lerf"):
+        raise InputError(f"order must be 'morf' (most relevant first) or 'lerf' (least relevant first), got {order!r}")
+    if not fractions or any(not 0 <= f <= 1 for f in fractions):
+        raise InputError(f"fractions must be a non-empty sequence of values in [0, 1], got {fractions!r}")
+    generator = torch.Generator().manual_seed(seed)
+    total = maps.shape[-2] * maps.shape[-1]
+    curves = []
+    for n in range(images.shape[0]):
+        ranks = _ranks(maps[n])
+        imputed = []
+        for fraction in fractions:
+            count = round(fraction * total)
+            removed = ranks < count if order == "morf" else ranks >= total - count
+            imputed.append(noisy_linear_impute(images[n], removed, noise, generator))
+        curves.append(_probabilities(model, torch.stack(imputed), targets[n], batch_size))
+    return torch.stack(curves)
+
+
+def road(model: Model, images: Tensor, maps: Tensor, targets: Tensor, order: str = "morf",
+         fractions: tuple[float, ...] = ROAD_FRACTIONS, noise: float = 0.01, seed: int = 0,
+         batch_size: int = 32) -> Tensor:
+    """ROAD score ``(N,)``: mean ``p(target)`` over :func:`road_curve`; MoRF lower / LeRF higher is better."""
+    return road_curve(model, images, maps, targets, order, fractions, noise, seed, batch_size).mean(dim=1)
+
+
+def road_combined(model: Model, images: Tensor, maps: Tensor, targets: Tensor,
+                  fractions: tuple[float, ...] = ROAD_FRACTIONS, noise: float = 0.01, seed: int = 0,
+                  batch_size: int = 32) -> Tensor:
+    """``(ROAD-LeRF - ROAD-MoRF) / 2`` per image ``(N,)``; higher is better (range [-0.5, 0.5])."""
+    lerf = road(model, images, maps, targets, "lerf", fractions, noise, seed, batch_size)
+    morf = road(model, images, maps, targets, "morf", fractions, noise, seed, batch_size)
+    return (lerf - morf) / 2

@@ -46,6 +46,8 @@ class LoadedModel:
         layer: the default target layer.
         pretrained: True when real weights were loaded.
         weights: where the weights came from (a path, a package, or ``"random (seed N)"``).
+        reshape: how the default layer's output becomes ``(N, C, h, w)`` (``"tokens"`` for ViT,
+            ``"channels_last"`` for Swin, None for CNNs); see :mod:`explainer.reshape`.
     """
 
     name: str
@@ -53,6 +55,7 @@ class LoadedModel:
     layer: str
     pretrained: bool
     weights: str
+    reshape: str | None = None
 
 
 def available_models() -> list[str]:
@@ -123,5 +126,16 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, seed: int 
     if weights is not None:
         _load_weights(model, weights, name)
     model.eval()
-    layer = next((lay for pat, lay in _DEFAULT_LAYERS if re.match(pat, name)), None) or default_layer(model)
-    return LoadedModel(name, model, layer, weights is not None, source or f"random (seed {seed})")
+    layer, reshape = _transformer_default(model)
+    layer = layer or next((lay for pat, lay in _DEFAULT_LAYERS if re.match(pat, name)), None) or default_layer(model)
+    return LoadedModel(name, model, layer, weights is not None, source or f"random (seed {seed})", reshape)
+
+
+def _transformer_default(model: nn.Module) -> tuple[str | None, str | None]:
+    """ViT: the last encoder block's first LayerNorm, as tokens; Swin: the last stage, channels-last."""
+    if isinstance(model, torchvision.models.VisionTransformer):
+        last = list(model.encoder.layers.named_children())[-1][0]
+        return f"encoder.layers.{last}.ln_1", "tokens"
+    if isinstance(model, torchvision.models.SwinTransformer):
+        return "features", "channels_last"
+    return None, None

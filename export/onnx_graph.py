@@ -143,7 +143,7 @@ def build_onnx_module(explainer: Explainer, example_input: Tensor, part: str = "
             "export it with export.to_torchscript, or use a gradient method without SVD "
             "(gradcam, gradcam++, xgradcam, hirescam, gradcam-elementwise, layercam, cam)"
         )
-    target = torch.zeros(parts.activations.shape[0], dtype=torch.long)
+    target = torch.zeros(parts.activations.shape[0], dtype=torch.long, device=parts.activations.device)
     linear = None if parts.skips else find_linear_head(parts.head)[0] if isinstance(parts.head, fx.GraphModule) else None
     if linear is not None:
         step: nn.Module = AnalyticGradientStep(parts.head, linear.weight)

@@ -82,6 +82,9 @@ def export_parts(explainer: Explainer, example_input: Tensor, part: str, fmt: st
                           "call model.eval() before exporting")
     if not isinstance(backbone, nn.Module) or not isinstance(head, nn.Module):
         raise ExportError("export needs the backbone and head as nn.Modules (Explainer.from_parts was given plain callables)")
+    if explainer.reshape is not None:
+        raise ExportError("explainers with reshape= (vision transformer token layers) are not exportable yet; "
+                          "use the eager Explainer for them")
     if not isinstance(example_input, Tensor) or example_input.ndim != 4:
         raise InputError("example_input must be an image batch tensor of shape (N, C, H, W)")
     with torch.no_grad():
@@ -89,6 +92,10 @@ def export_parts(explainer: Explainer, example_input: Tensor, part: str, fmt: st
         packed = (packed,) if isinstance(packed, Tensor) else tuple(packed)
         activations, skips = packed[0], packed[1:]
         logits = head(activations.clone(), *skips)
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise ExportError(f"the model returns {shape}; exported graphs explain classifiers with "
+                          "(N, num_classes) logits (segmentation and embedding targets need the eager Explainer)")
     if any(not isinstance(s, Tensor) for s in skips):
         raise ExportError(f"the head at {explainer.layer!r} reads non-tensor values from the backbone; pick another layer")
     if part == "head" and skips:

@@ -18,6 +18,7 @@ from torch import Tensor
 from explainer.checks import check_grad_mode
 from explainer.errors import ExportError, InputError, TargetError
 from explainer.explanation import Explanation
+from explainer.target_functions import is_target_callable
 from explainer.targets import Targets, resolve_targets
 from export.onnx_graph import METADATA_KEY
 from export.parts import GraphInfo
@@ -43,6 +44,9 @@ class GraphRuntime:
         times); or ``topk``: each image's k best classes (one run for the scores, then k).
         ``cams`` is ``(N, H, W)`` for "full" and ``(N, h, w)`` for "head"; ``raw`` is None.
         """
+        if is_target_callable(targets):
+            raise TargetError("exported graphs explain class indices; target callables (ClassTarget, "
+                              "SegmentationTarget, ...) need the eager Explainer, or pass the class ints")
         x = self._check_input(x)
         n = x.shape[0]
         if targets is None:

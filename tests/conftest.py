@@ -60,6 +60,10 @@ def random_input(n: int = 2, size: int = 64, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, 3, size, size, generator=gen)
 
 
+#: torchvision segmentation models (their builders also take ``weights_backbone``).
+SEGMENTATION_MODELS = ("fcn_resnet50", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "lraspp_mobilenet_v3_large")
+
+
 @functools.lru_cache(maxsize=None)
 def calibrated_model(name: str, size: int = 64, seed: int = 0) -> torch.nn.Module:
     """A seeded random model whose batch-norm statistics are estimated on random images.
@@ -72,7 +76,8 @@ def calibrated_model(name: str, size: int = 64, seed: int = 0) -> torch.nn.Modul
         return load_model(name).model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = torchvision.models.get_model(name, weights=None)
+        extra = {"weights_backbone": None} if name in SEGMENTATION_MODELS else {}
+        model = torchvision.models.get_model(name, weights=None, **extra)
         for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.reset_running_stats()

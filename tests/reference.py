@@ -34,6 +34,40 @@ def activations_and_gradients(model, layer: str, x: torch.Tensor, targets: list[
     return store["A"].detach().numpy(), grad.numpy(), logits.detach().numpy()
 
 
+def activations_and_score_gradients(model, layer: str, x: torch.Tensor, score, to_grid=None):
+    """Like :func:`activations_and_gradients` for any score ``score(output) -> (N,)`` (float64 torch),
+    with the layer output laid out as (N, C, h, w) by ``to_grid`` (NumPy) when it is not one already."""
+    m = copy.deepcopy(model).double().eval()
+    module = dict(m.named_modules())[layer]
+    store = {}
+
+    def keep(_module, _inputs, output):
+        leaf = output.detach().clone().requires_grad_(True)
+        store["A"] = leaf
+        return leaf * 1.0
+
+    handle = module.register_forward_hook(keep)
+    try:
+        output = m(x.double())
+    finally:
+        handle.remove()
+    (grad,) = torch.autograd.grad(score(output).sum(), store["A"])
+    A, G = store["A"].detach().numpy(), grad.numpy()
+    return (A, G) if to_grid is None else (to_grid(A), to_grid(G))
+
+
+def vit_tokens_to_grid(T, prefix: int = 1):
+    """(N, prefix + h*w, C) -> (N, C, h, w) for a square grid."""
+    n, t, c = T.shape
+    side = int(round((t - prefix) ** 0.5))
+    return T[:, prefix:, :].reshape(n, side, side, c).transpose(0, 3, 1, 2)
+
+
+def channels_last_to_grid(T):
+    """(N, h, w, C) -> (N, C, h, w)."""
+    return T.transpose(0, 3, 1, 2)
+
+
 def relu(a):
     return np.maximum(a, 0.0)
 

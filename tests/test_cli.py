@@ -118,3 +118,21 @@ def test_evaluate_prints_metrics_per_method(image_dir, tmp_path, capsys):
     assert set(data["results"]) == {"gradcam", "layercam"}
     assert 0.0 <= data["results"]["gradcam"]["deletion"] <= 1.0
     assert (out / "evaluate.png").exists()
+
+
+def test_evaluate_with_road(image_dir, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(image_dir / "cat.png"), "--method", "gradcam", "--steps", "2", "--road",
+                 "--out", str(out)]) == 0
+    assert "ROAD" in capsys.readouterr().out
+    import json
+
+    road = json.loads((out / "evaluate.json").read_text())["results"]["gradcam"]["ROAD"]
+    assert -0.5 <= road <= 0.5
+
+
+def test_explain_a_vision_transformer_with_its_default_layer_and_reshape(image_dir, tmp_path, capsys):
+    out = tmp_path / "vit"
+    assert main(["explain", str(image_dir / "cat.png"), "--model", "vit_b_16", "--out", str(out)]) == 0
+    assert "encoder.layers.encoder_layer_11.ln_1 of vit_b_16" in capsys.readouterr().out
+    assert len(os.listdir(out)) == 1

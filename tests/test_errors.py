@@ -107,12 +107,18 @@ class DictNet(nn.Module):
         self.fc = nn.Linear(4, 3)
 
     def forward(self, x):
-        return {"out": self.fc(self.conv(x).mean(dim=(2, 3)))}
+        logits = self.fc(self.conv(x).mean(dim=(2, 3)))
+        return {"out": logits, "aux": logits.sum(1)}
 
 
-def test_model_output_that_is_not_logits():
-    with pytest.raises(ModelOutputError, match=r"needs logits of shape \(N=1, num_classes\)"):
+def test_ambiguous_dict_output_lists_its_entries():
+    with pytest.raises(ModelOutputError, match=r"'out': a tensor \(1, 3\), 'aux': a tensor \(1,\).*output_key"):
         Explainer(DictNet().eval(), "conv")(random_input(1, 16))
+    with pytest.raises(ModelOutputError, match=r"output_key 'logits' does not fit"):
+        Explainer(DictNet().eval(), "conv", output_key="logits")(random_input(1, 16))
+    with pytest.raises(ModelOutputError, match=r"needs an output with the batch first"):
+        Explainer(DictNet().eval(), "conv", output_key="aux")(random_input(1, 16))
+    assert Explainer(DictNet().eval(), "conv", output_key="out")(random_input(1, 16)).cams.shape == (1, 16, 16)
 
 
 def test_non_differentiable_head_from_parts():

@@ -164,21 +164,3 @@ def test_more_architectures_export(arch, fmt, tmp_path):
     eager = explainer(x)
     result = export.load(path)(x)
     check(result.cams, result.logits, eager.cams, eager.logits)
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-def test_cuda_parity(fmt, tmp_path):
-    model = calibrated_model("resnet18")
-    import copy
-
-    cuda_model = copy.deepcopy(model).cuda()
-    explainer = Explainer(cuda_model, "layer3", "gradcam")
-    x = fresh_inputs("resnet18@layer3").cuda()
-    path = tmp_path / ("g.onnx" if fmt == "onnx" else "g.pt")
-    (export.to_onnx if fmt == "onnx" else export.to_torchscript)(explainer, path, x[:2])
-    eager = explainer(x)
-    runtime = export.load(path, device="cuda")
-    result = runtime(x.cpu() if fmt == "onnx" else x)
-    check(result.cams.cpu(), result.logits.cpu(), eager.cams.cpu(), eager.logits.cpu())

@@ -76,3 +76,71 @@ def test_metric_inputs_are_checked():
         insertion_auc(SumModel(), IMAGE, MAP, [0], baseline="noise")
     with pytest.raises(InputError, match="2 targets for 1 images"):
         average_drop(SumModel(), IMAGE, MAP, [0, 1])
+
+
+# -- ROAD ---------------------------------------------------------------------------------------
+
+class MeanModel(nn.Module):
+    """Two classes: logit 0 = mean pixel value, logit 1 = 0."""
+
+    def forward(self, x):
+        m = x.mean(dim=(1, 2, 3))
+        return torch.stack([m, torch.zeros_like(m)], dim=1)
+
+
+# a 3 x 3 image with values 0..8 (row-major); the map ranks (0,0) first, (0,1) second, the centre last
+GRID = torch.arange(9.0).reshape(1, 1, 3, 3)
+GRID_MAP = torch.tensor([[[0.9, 0.8, 0.5], [0.5, 0.1, 0.5], [0.5, 0.5, 0.5]]])
+
+
+def test_noisy_linear_imputation_by_hand():
+    from explainer.imputation import noisy_linear_impute
+
+    image = GRID[0]
+    centre = torch.zeros(3, 3, dtype=torch.bool)
+    centre[1, 1] = True
+    # centre: (1 + 3 + 5 + 7) / 6 + (0 + 2 + 6 + 8) / 12, over weights 4/6 + 4/12 = 1 -> 4
+    assert float(noisy_linear_impute(image, centre, noise=0)[0, 1, 1]) == pytest.approx(4.0)
+    corner = torch.zeros(3, 3, dtype=torch.bool)
+    corner[0, 0] = True
+    # corner: (1/6 * 1 + 1/6 * 3 + 1/12 * 4) / (1/6 + 1/6 + 1/12) = 2.4
+    assert float(noisy_linear_impute(image, corner, noise=0)[0, 0, 0]) == pytest.approx(2.4)
+    two = corner.clone()
+    two[0, 1] = True
+    # 5x = 2y + 10 and 8y = 2x + 20 (see test_road_by_hand) -> x = y = 10/3
+    filled = noisy_linear_impute(image, two, noise=0)
+    assert filled[0, 0, :2].tolist() == pytest.approx([10 / 3, 10 / 3])
+    noisy = noisy_linear_impute(image, two, noise=0.5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(noisy[0][~two], image[0][~two]) and not torch.equal(noisy, filled)
+
+
+def test_road_by_hand():
+    # MoRF 1/9: (0,0) imputed 2.4 -> mean (36 + 2.4) / 9; MoRF 2/9: (0,0), (0,1) both 10/3 ->
+    # mean (36 - 1 + 20/3) / 9. LeRF 1/9: the centre, imputed 4 -> mean 4.
+    def p(mean):
+        return 1 / (1 + math.exp(-mean))
+
+    from explainer.metrics import road, road_combined, road_curve
+
+    model, target = MeanModel(), torch.tensor([0])
+    curve = road_curve(model, GRID, GRID_MAP, target, "morf", fractions=(1 / 9, 2 / 9), noise=0)
+    assert curve[0].tolist() == pytest.approx([p(38.4 / 9), p((35 + 20 / 3) / 9)], rel=1e-6)
+    assert float(road(model, GRID, GRID_MAP, target, "morf", (1 / 9, 2 / 9), noise=0)[0]) == \
+        pytest.approx((p(38.4 / 9) + p((35 + 20 / 3) / 9)) / 2, rel=1e-6)
+    assert float(road(model, GRID, GRID_MAP, target, "lerf", (1 / 9,), noise=0)[0]) == pytest.approx(p(4.0))
+    combined = road_combined(model, GRID, GRID_MAP, target, (1 / 9,), noise=0)
+    assert float(combined[0]) == pytest.approx((p(4.0) - p(38.4 / 9)) / 2, abs=1e-6)  # float32 difference
+
+
+def test_road_is_reproducible_and_checks_its_arguments():
+    from explainer.metrics import road
+
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    maps = torch.rand(2, 16, 16, generator=torch.Generator().manual_seed(1))
+    model = MeanModel()
+    first = road(model, x, maps, [0, 0], fractions=(0.3, 0.6), seed=3)
+    assert torch.equal(first, road(model, x, maps, [0, 0], fractions=(0.3, 0.6), seed=3))
+    with pytest.raises(InputError, match="order must be 'morf'"):
+        road(model, x, maps, [0, 0], order="most")
+    with pytest.raises(InputError, match=r"fractions must be .* in \[0, 1\]"):
+        road(model, x, maps, [0, 0], fractions=(0.5, 2))

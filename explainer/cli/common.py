@@ -27,6 +27,9 @@ def add_model_args(parser: argparse.ArgumentParser, with_method: bool = True) ->
     parser.add_argument("--weights", default=None,
                         help="state_dict file for the model (torchvision models are random without it)")
     parser.add_argument("--layer", default=None, help="target layer (default: the model's last conv block)")
+    parser.add_argument("--reshape", default=None, choices=("tokens", "channels_last"),
+                        help="lay a transformer layer's output out as a map: tokens (ViT, (N, tokens, C)) or "
+                             "channels_last (Swin, (N, h, w, C)); default: the model's own (vit_*/swin_* known)")
     if with_method:
         parser.add_argument("--method", default="gradcam", choices=list(METHODS), help="CAM method (default gradcam)")
 

@@ -62,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         what = f"{explainer.info.method} at {explainer.info.layer}, {explainer.backend}"
     else:
         loaded = model_from_args(args)
-        explainer = Explainer(loaded.model.to(args.device), args.layer or loaded.layer, args.method)
+        explainer = Explainer(loaded.model.to(args.device), args.layer or loaded.layer, args.method,
+                              reshape=args.reshape or loaded.reshape)
         what = f"{explainer.method.name} at {explainer.layer} of {loaded.name}"
     preprocess = Preprocess(resize=args.resize)
     os.makedirs(args.out, exist_ok=True)

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if fmt is None:
         raise InputError(f"cannot tell the format from {args.out!r}: pass --format onnx|torchscript")
     loaded = model_from_args(args)
-    explainer = Explainer(loaded.model, args.layer or loaded.layer, args.method)
+    explainer = Explainer(loaded.model, args.layer or loaded.layer, args.method, reshape=args.reshape or loaded.reshape)
     gen = torch.Generator().manual_seed(0)
     example = torch.randn(2, 3, args.size, args.size, generator=gen)
     parent = os.path.dirname(os.path.abspath(args.out))

@@ -15,10 +15,10 @@ from tqdm import tqdm
 from explainer.methods.base import CamMethod, Probe, perturbation_only
 
 
-def ablation_scores(activations: Tensor, targets: Tensor, probe: Probe) -> Tensor:
+def ablation_scores(activations: Tensor, probe: Probe) -> Tensor:
     """Target scores with each channel zeroed: ``(N, K, C)``."""
     n_images, channels = activations.shape[:2]
-    out = activations.new_empty(n_images, targets.shape[1], channels)
+    out = activations.new_empty(n_images, probe.num_targets, channels)
     steps = n_images * -(-channels // probe.batch_size)
     with torch.no_grad(), tqdm(total=steps, desc="ablationcam", unit="fwd", leave=False,
                                disable=None if probe.progress and steps > 16 else True) as bar:
@@ -27,21 +27,21 @@ def ablation_scores(activations: Tensor, targets: Tensor, probe: Probe) -> Tenso
                 index = torch.arange(start, min(start + probe.batch_size, channels), device=activations.device)
                 batch = activations[n:n + 1].repeat(len(index), 1, 1, 1)
                 batch[torch.arange(len(index), device=batch.device), index] = 0
-                logits = probe.head(batch, *probe.skips_for(n, len(index)))
-                out[n, :, start:start + len(index)] = logits[:, targets[n]].T
+                output = probe.head(batch, *probe.skips_for(n, len(index)))
+                out[n, :, start:start + len(index)] = probe.scores_of_image(output, n).T
                 bar.update(1)
     return out
 
 
-def ablationcam_weights(activations: Tensor, targets: Tensor, probe: Probe) -> Tensor:
-    """Ablation-CAM channel weights ``(N, K, C)`` for activations ``(N, C, h, w)`` and targets ``(N, K)``."""
+def ablationcam_weights(activations: Tensor, probe: Probe) -> Tensor:
+    """Ablation-CAM channel weights ``(N, K, C)`` for activations ``(N, C, h, w)``."""
     with torch.no_grad():
-        base = probe.head(activations.clone(), *probe.skips).gather(1, targets)  # (N, K)
-        ablated = ablation_scores(activations, targets, probe)
+        base = probe.score(probe.head(activations.clone(), *probe.skips), None)  # (N, K)
+        ablated = ablation_scores(activations, probe)
         return (base[:, :, None] - ablated) / base[:, :, None]
 
 
 METHOD = CamMethod(
     "ablationcam", perturbation_only, "relative score drop when each channel is zeroed (head-only forwards, no gradient)",
-    needs_gradient=False, perturbation=ablationcam_weights,
+    needs_gradient=False, perturbation=ablationcam_weights, needs_head_inverse=True,
 )

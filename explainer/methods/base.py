@@ -28,9 +28,12 @@ class Probe:
     """What perturbation methods may run: the head on changed activations, or the whole model.
 
     Attributes:
-        head: ``(activations (B, C, h, w), *skips) -> logits (B, classes)``.
+        head: ``(activations (B, C, h, w), *skips) -> output (B, ...)``.
         skips: the other values the head reads, for the whole batch (first axis N).
-        model: ``images (B, 3, H, W) -> logits``: backbone then head.
+        model: ``images (B, 3, H, W) -> output (B, ...)``: backbone then head.
+        score: ``(output (B, ...), rows (B,)) -> (B, K)``: the target scores of output rows that
+            belong to images ``rows`` (class logits or a target callable's scores).
+        num_targets: K, the targets per image.
         images: the input batch ``(N, 3, H, W)``.
         batch_size: how many perturbed copies go through one forward.
         max_channels: Score-CAM only: keep this many channels (highest mean activation); None = all.
@@ -40,6 +43,8 @@ class Probe:
     head: Callable[..., Tensor]
     skips: tuple
     model: Callable[[Tensor], Tensor]
+    score: Callable[[Tensor, Tensor], Tensor]
+    num_targets: int
     images: Tensor
     batch_size: int = 32
     max_channels: int | None = None
@@ -49,9 +54,13 @@ class Probe:
         """Image ``n``'s skips repeated ``copies`` times along the batch axis."""
         return tuple(s[n:n + 1].expand(copies, *s.shape[1:]) if isinstance(s, Tensor) else s for s in self.skips)
 
+    def scores_of_image(self, output: Tensor, n: int) -> Tensor:
+        """``(B, K)`` scores of ``output`` rows that are all copies of image ``n``."""
+        return self.score(output, torch.full((output.shape[0],), n, dtype=torch.long))
 
-#: ``(activations (N, C, h, w), targets (N, K), probe) -> channel weights (N, K, C)``.
-PerturbationFunction = Callable[[Tensor, Tensor, Probe], Tensor]
+
+#: ``(activations (N, C, h, w), probe) -> channel weights (N, K, C)``.
+PerturbationFunction = Callable[[Tensor, Probe], Tensor]
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,10 @@ class CamMethod:
             whose channel sum (before the ReLU) is the map. ``eigen_smooth`` projects either on
             its first principal component instead of summing.
         perturbation: for methods that re-run the head or the model on perturbed inputs
-            (Ablation-CAM, Score-CAM) instead of using gradients: ``(activations, targets, probe)
+            (Ablation-CAM, Score-CAM) instead of using gradients: ``(activations, probe)
             -> channel weights (N, K, C)``; ``compute`` is then unused.
+        needs_head_inverse: True when the method feeds changed activations back to the head, so it
+            cannot work through a ``reshape`` (the head reads the layer's own layout).
         uses_svd: True when the map needs a singular value decomposition (no ONNX operator exists
             for it, so such methods export to TorchScript only).
         summary: one line for help texts.
@@ -87,6 +98,7 @@ class CamMethod:
     weights: CamFunction | None = None
     contributions: CamFunction | None = None
     perturbation: PerturbationFunction | None = None
+    needs_head_inverse: bool = False
 
 
 def perturbation_only(activations: Tensor, gradients: Tensor) -> Tensor:  # pragma: no cover - never called

@@ -5,6 +5,8 @@ centred (the mean over positions is removed), and projected on their first right
 singular vector. A singular vector's sign is arbitrary; it is chosen so that the
 projection correlates positively with the mean over channels of the projected
 matrix (for Eigen-CAM: the mean activation). Then ReLU, as for every method.
+Where that mean is constant -- a LayerNorm output, as in vision transformers, has zero
+channel mean at every token -- the sign has nothing to go on and is that of the SVD.
 """
 
 import torch

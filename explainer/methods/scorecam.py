@@ -29,12 +29,12 @@ def channel_masks(activations: Tensor, height: int, width: int) -> Tensor:
     return torch.where(span > 0, (up - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(up))
 
 
-def scorecam_weights(activations: Tensor, targets: Tensor, probe: Probe) -> Tensor:
-    """Score-CAM channel weights ``(N, K, C)`` for activations ``(N, C, h, w)`` and targets ``(N, K)``."""
+def scorecam_weights(activations: Tensor, probe: Probe) -> Tensor:
+    """Score-CAM channel weights ``(N, K, C)`` for activations ``(N, C, h, w)``."""
     images = probe.images
     n_images, channels = activations.shape[:2]
     keep = channels if probe.max_channels is None else min(probe.max_channels, channels)
-    weights = activations.new_zeros(n_images, targets.shape[1], channels)
+    weights = activations.new_zeros(n_images, probe.num_targets, channels)
     steps = n_images * -(-keep // probe.batch_size)
     with torch.no_grad(), tqdm(total=steps, desc="scorecam", unit="fwd", leave=False,
                                disable=None if probe.progress and steps > 16 else True) as bar:
@@ -46,7 +46,7 @@ def scorecam_weights(activations: Tensor, targets: Tensor, probe: Probe) -> Tens
             for start in range(0, keep, probe.batch_size):
                 index = chosen[start:start + probe.batch_size]
                 masked = images[n:n + 1] * masks[n, index][:, None]
-                scores.append(probe.model(masked)[:, targets[n]])  # (b, K)
+                scores.append(probe.scores_of_image(probe.model(masked), n))  # (b, K)
                 bar.update(1)
             weights[n][:, chosen] = torch.cat(scores).T.softmax(dim=-1)
     return weights
