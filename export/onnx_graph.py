@@ -97,11 +97,23 @@ class AnalyticGradientStep(nn.Module):
         self.register_buffer("weight", weight.detach().clone(), persistent=False)
 
     def forward(self, activations: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.head(activations)
+        logits = self.head(activations.clone())  # clone: the head may modify its input in place
         chosen = _resolve_target(logits, target)
         h, w = activations.shape[-2], activations.shape[-1]
         grads = (self.weight[chosen] / (h * w))[:, :, None, None].expand(activations.shape)
         return logits, grads
+
+
+class ForwardStep(nn.Module):
+    """For methods without a gradient (Eigen-CAM): the head's logits; the activations stand in for the
+    gradient argument the method ignores."""
+
+    def __init__(self, head: nn.Module) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, activations: Tensor, target: Tensor, *skips: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(activations.clone(), *skips), activations  # clone: heads may ReLU in place (DenseNet)
 
 
 class OnnxExplanation(nn.Module):
@@ -137,16 +149,12 @@ def build_onnx_module(explainer: Explainer, example_input: Tensor, part: str = "
     if example_input.shape[0] != batch:
         example_input = example_input[:1].expand(batch, -1, -1, -1).contiguous()
         parts = export_parts(explainer, example_input, part, "onnx")
-    if parts.method.uses_svd:
-        raise ExportError(
-            f"{parts.method.name!r} needs a singular value decomposition, which ONNX has no operator for; "
-            "export it with export.to_torchscript, or use a gradient method without SVD "
-            "(gradcam, gradcam++, xgradcam, hirescam, gradcam-elementwise, layercam, cam)"
-        )
     target = torch.zeros(parts.activations.shape[0], dtype=torch.long, device=parts.activations.device)
     linear = None if parts.skips else find_linear_head(parts.head)[0] if isinstance(parts.head, fx.GraphModule) else None
-    if linear is not None:
-        step: nn.Module = AnalyticGradientStep(parts.head, linear.weight)
+    if not parts.method.needs_gradient:
+        step: nn.Module = ForwardStep(parts.head)
+    elif linear is not None:
+        step = AnalyticGradientStep(parts.head, linear.weight)
     else:
         step = trace_gradient_step(global_pool_as_mean(parts.head), parts.activations, target, parts.skips)
     backbone = parts.backbone if part == "full" else None

@@ -101,7 +101,7 @@ class GraphRuntime:
 class OnnxRuntimeExplainer(GraphRuntime):
     """An ``.onnx`` explanation run by ONNX Runtime."""
 
-    def __init__(self, path: str, device: str = "cpu", providers: Sequence[str] | None = None,
+    def __init__(self, path: str, device: str = "cpu", providers: Sequence[str | tuple[str, dict]] | None = None,
                  strict: bool = False, threads: int | None = None, spin: bool = True) -> None:
         try:
             import onnxruntime as ort
@@ -112,14 +112,14 @@ class OnnxRuntimeExplainer(GraphRuntime):
             ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
         )
         available = ort.get_available_providers()
-        missing = [p for p in wanted if p not in available]
+        missing = [_provider_name(p) for p in wanted if _provider_name(p) not in available]
         if missing:
             message = (f"ONNX Runtime here lacks {', '.join(missing)} (available: {', '.join(available)}); "
                        "install onnxruntime-gpu (pip install 'deploycam[gpu]') for CUDA")
             if strict:
                 raise ExportError(message)
             warnings.warn(message + "; falling back to CPUExecutionProvider", RuntimeWarning, stacklevel=3)
-            wanted = [p for p in wanted if p in available] or ["CPUExecutionProvider"]
+            wanted = [p for p in wanted if _provider_name(p) in available] or ["CPUExecutionProvider"]
         options = ort.SessionOptions()
         options.log_severity_level = 3  # the optional `target` input makes ORT warn at load time
         if threads:
@@ -145,6 +145,11 @@ class OnnxRuntimeExplainer(GraphRuntime):
             feed["target"] = target.cpu().numpy().astype(np.int64)
         logits, cam = self.session.run(["logits", "cam"], feed)
         return torch.from_numpy(logits), torch.from_numpy(cam)
+
+
+def _provider_name(provider: str | tuple[str, dict]) -> str:
+    """``"CUDAExecutionProvider"`` for the name itself or a ``(name, options)`` pair."""
+    return provider if isinstance(provider, str) else provider[0]
 
 
 class TorchScriptExplainer(GraphRuntime):
@@ -173,7 +178,7 @@ class TorchScriptExplainer(GraphRuntime):
         return logits.detach(), cam.detach()
 
 
-def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str] | None = None,
+def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str | tuple[str, dict]] | None = None,
          strict: bool = False, threads: int | None = None, spin: bool = True) -> GraphRuntime:
     """Open an exported explanation.
 
@@ -181,7 +186,8 @@ def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str] 
         path: a ``.onnx`` file (ONNX Runtime) or a TorchScript file (``.pt``/``.ts``/``.pth``).
         device: ``"cpu"`` or ``"cuda"``; for ONNX this picks CUDAExecutionProvider when
             onnxruntime-gpu is installed, and falls back to the CPU with a warning otherwise.
-        providers: explicit ONNX Runtime providers, in order of preference.
+        providers: explicit ONNX Runtime providers, in order of preference: names or
+            ``(name, options)`` pairs, e.g. ``[("CUDAExecutionProvider", {"use_tf32": 0}), "CPUExecutionProvider"]``.
         strict: raise instead of falling back when a requested provider is missing.
         threads: ONNX Runtime intra-op threads (None: its default).
         spin: let ONNX Runtime's idle threads spin (its default); False when timing it against PyTorch

@@ -195,3 +195,21 @@ def test_target_callables_and_reshape_on_cuda():
     want = Explainer(vit, layer, "gradcam", reshape="tokens")(images(2, 32))
     got = Explainer(copy.deepcopy(vit).cuda(), layer, "gradcam", reshape="tokens")(images(2, 32).cuda())
     assert float((got.cams.cpu() - want.cams).abs().max()) <= 1e-4
+
+
+def test_onnx_runtime_cuda_provider_matches_eager(tmp_path):
+    """With onnxruntime-gpu: the graph runs on ONNX Runtime's CUDA provider (TF32 off, like eager here)."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime-gpu is not installed")
+    _, gpu = pair("resnet18", "layer3", "layercam")
+    x = images(3).cuda()
+    export.to_onnx(gpu, tmp_path / "g.onnx", x[:2])
+    runtime = export.load(tmp_path / "g.onnx", providers=[("CUDAExecutionProvider", {"use_tf32": 0}),
+                                                          "CPUExecutionProvider"], strict=True)
+    assert runtime.backend == "onnxruntime/CUDAExecutionProvider"
+    eager = gpu(x, [1, 2, 3])
+    result = runtime(x, [1, 2, 3])
+    assert float((result.cams - eager.cams.cpu()).abs().max()) <= 1e-4
+    assert torch.allclose(result.logits, eager.logits.cpu(), rtol=1e-4, atol=1e-4)

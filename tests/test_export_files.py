@@ -94,9 +94,10 @@ def test_torchscript_runtime_repeated_calls_under_no_grad_match_eager(tmp_path):
             assert float((rt(x, [3]).cams - expected).abs().max()) == 0.0
 
 
-def test_unsupported_method_for_onnx_says_why(tmp_path):
-    exp = Explainer(calibrated_model("resnet18"), "layer4", "eigencam")
-    with pytest.raises(ExportError, match="singular value decomposition.*to_torchscript"):
+@pytest.mark.parametrize("method", ["ablationcam", "scorecam"])
+def test_unsupported_method_for_export_says_why(method, tmp_path):
+    exp = Explainer(calibrated_model("resnet18"), "layer4", method)
+    with pytest.raises(ExportError, match=f"'{method}' re-runs the network .* Export a gradient method"):
         export.to_onnx(exp, tmp_path / "e.onnx", torch.randn(2, 3, 64, 64))
 
 

@@ -25,10 +25,10 @@ MODELS = {
     "efficientnet_b0": ("efficientnet_b0", "features", 64),
     "efficientnet-lite0": ("efficientnet-lite0", "_conv_head", 224),
 }
-ONNX_METHODS = ["gradcam", "gradcam++", "xgradcam", "hirescam", "gradcam-elementwise", "layercam"]
-TS_METHODS = ONNX_METHODS + ["eigengradcam", "eigencam"]
+ONNX_METHODS = ["gradcam", "gradcam++", "xgradcam", "hirescam", "gradcam-elementwise", "layercam", "eigengradcam", "eigencam"]
+TS_METHODS = ONNX_METHODS
 FAST = {("resnet18@layer3", "gradcam"), ("resnet18@layer4", "gradcam++"), ("efficientnet-lite0", "layercam"),
-        ("resnet18@layer3", "eigengradcam")}
+        ("resnet18@layer3", "eigengradcam"), ("mobilenet_v3_small", "eigencam")}
 
 
 def cases(methods):

@@ -83,8 +83,6 @@ class CamMethod:
             -> channel weights (N, K, C)``; ``compute`` is then unused.
         needs_head_inverse: True when the method feeds changed activations back to the head, so it
             cannot work through a ``reshape`` (the head reads the layer's own layout).
-        uses_svd: True when the map needs a singular value decomposition (no ONNX operator exists
-            for it, so such methods export to TorchScript only).
         summary: one line for help texts.
     """
 
@@ -94,7 +92,6 @@ class CamMethod:
     needs_gradient: bool = True
     class_specific: bool = True
     requires_linear_head: bool = False
-    uses_svd: bool = False
     weights: CamFunction | None = None
     contributions: CamFunction | None = None
     perturbation: PerturbationFunction | None = None

@@ -13,4 +13,4 @@ def eigengradcam(activations: Tensor, gradients: Tensor) -> Tensor:
     return principal_projection(product).reshape(n, k, h, w)
 
 
-METHOD = CamMethod("eigengradcam", eigengradcam, "first principal component of gradient x activation", uses_svd=True)
+METHOD = CamMethod("eigengradcam", eigengradcam, "first principal component of gradient x activation")
