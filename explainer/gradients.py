@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from explainer.errors import DeployCamError, MethodError
+from explainer.errors import MethodError
 
 
 def target_gradients(logits: Tensor, activations: Tensor, targets: Tensor) -> Tensor:
@@ -17,10 +17,9 @@ def target_gradients(logits: Tensor, activations: Tensor, targets: Tensor) -> Te
         targets: ``(N, K)`` long class indices.
 
     Returns:
-        ``(N, K, C, h, w)``; see :func:`score_gradients`.
+        ``(N, K, C, h, w)``; see :func:`score_gradients` (which raises :class:`MethodError`, a
+        :class:`DeployCamError`, when the logits do not depend on the activations).
     """
-    if not logits.requires_grad:
-        raise DeployCamError(_NOT_DIFFERENTIABLE)
     return score_gradients(logits.gather(1, targets), activations)
 
 

@@ -62,10 +62,9 @@ class TokenGrid:
                 )
             return prefix, h, w
         candidates = [self.prefix_tokens] if self.prefix_tokens is not None else range(MAX_PREFIX_TOKENS + 1)
-        for prefix in candidates:
-            found = _grid_for(tokens - prefix, image_hw)
-            if found is not None:
-                return prefix, *found
+        found = _infer_layout(tokens, image_hw, candidates)
+        if found is not None:
+            return found
         raise LayerShapeError(
             f"the layer outputs {tokens} tokens, which fit no h x w grid with the input's aspect ratio "
             f"{image_hw[0]}:{image_hw[1]} after "
@@ -94,12 +93,21 @@ def _grid_for(patches: int, image_hw: tuple[int, int]) -> tuple[int, int] | None
     return None
 
 
-def _suggestion(tokens: int, image_hw: tuple[int, int]) -> str:
-    for prefix in range(MAX_PREFIX_TOKENS + 1):
+def _infer_layout(tokens: int, image_hw: tuple[int, int], prefixes) -> tuple[int, int, int] | None:
+    """The first ``(prefix, h, w)`` over ``prefixes`` whose patch grid fits the input's aspect ratio, or None."""
+    for prefix in prefixes:
         found = _grid_for(tokens - prefix, image_hw)
         if found is not None:
-            return f"; expected grid for this input: {found[0]}x{found[1]} with {prefix} prefix token(s)"
-    return ""
+            return prefix, *found
+    return None
+
+
+def _suggestion(tokens: int, image_hw: tuple[int, int]) -> str:
+    found = _infer_layout(tokens, image_hw, range(MAX_PREFIX_TOKENS + 1))
+    if found is None:
+        return ""
+    prefix, h, w = found
+    return f"; expected grid for this input: {h}x{w} with {prefix} prefix token(s)"
 
 
 class ChannelsLast:

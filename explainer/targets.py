@@ -140,8 +140,14 @@ def make_scorer(targets, output: Tensor, topk: int | None = None, deferred=None)
     if topk is not None:
         if targets is not None:
             raise TargetError("give either targets or topk, not both")
-        if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or not 1 <= int(topk) <= output.shape[1]:
-            raise TargetError(f"topk must be an int in [1, {output.shape[1]}] (the number of classes), got {topk!r}")
-        return Scorer(output.detach().topk(int(topk), dim=1).indices, None, True)
+        return Scorer(topk_targets(output, topk), None, True)
     indices, keep_k = resolve_targets(targets, output, deferred)
     return Scorer(indices, None, keep_k)
+
+
+def topk_targets(logits: Tensor, topk: int) -> Tensor:
+    """Each image's ``topk`` best classes ``(N, topk)``, best first; raises :class:`TargetError` unless
+    ``topk`` is an int in ``[1, num_classes]``."""
+    if isinstance(topk, bool) or not isinstance(topk, numbers.Integral) or not 1 <= int(topk) <= logits.shape[1]:
+        raise TargetError(f"topk must be an int in [1, {logits.shape[1]}] (the number of classes), got {topk!r}")
+    return logits.detach().topk(int(topk), dim=1).indices

@@ -19,7 +19,7 @@ from explainer.checks import check_grad_mode
 from explainer.errors import ExportError, InputError, TargetError
 from explainer.explanation import Explanation
 from explainer.target_functions import is_target_callable
-from explainer.targets import Targets, resolve_targets
+from explainer.targets import Targets, resolve_targets, topk_targets
 from export.onnx_graph import METADATA_KEY
 from export.parts import GraphInfo
 from export.torchscript import METADATA_FILE
@@ -53,9 +53,7 @@ class GraphRuntime:
             logits, cam = self._run(x, None)
             if topk is None:
                 return self._pack(logits, logits.argmax(dim=1), cam)
-            if not 1 <= int(topk) <= logits.shape[1]:
-                raise TargetError(f"topk must be in [1, {logits.shape[1]}] (the number of classes), got {topk}")
-            targets = logits.topk(int(topk), dim=1).indices
+            targets = topk_targets(logits, topk)
         elif topk is not None:
             raise TargetError("give either targets or topk, not both")
         chosen, keep_k = resolve_targets(targets, torch.empty(n, self.info.num_classes))

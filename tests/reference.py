@@ -13,8 +13,9 @@ import numpy as np
 import torch
 
 
-def activations_and_gradients(model, layer: str, x: torch.Tensor, targets: list[int]):
-    """A (N, C, h, w), G = d logit[target] / dA (N, C, h, w), logits (N, K): float64 NumPy."""
+def _hooked_float64_run(model, layer: str, x: torch.Tensor):
+    """Run a float64 copy of ``model`` on ``x``; ``(leaf, output)`` with ``leaf`` the layer's output as a
+    grad-requiring leaf the rest of the model reads."""
     m = copy.deepcopy(model).double().eval()
     module = dict(m.named_modules())[layer]
     store = {}
@@ -26,33 +27,26 @@ def activations_and_gradients(model, layer: str, x: torch.Tensor, targets: list[
 
     handle = module.register_forward_hook(keep)
     try:
-        logits = m(x.double())
+        output = m(x.double())
     finally:
         handle.remove()
+    return store["A"], output
+
+
+def activations_and_gradients(model, layer: str, x: torch.Tensor, targets: list[int]):
+    """A (N, C, h, w), G = d logit[target] / dA (N, C, h, w), logits (N, K): float64 NumPy."""
+    leaf, logits = _hooked_float64_run(model, layer, x)
     score = logits[torch.arange(len(targets)), torch.tensor(targets)].sum()
-    (grad,) = torch.autograd.grad(score, store["A"])
-    return store["A"].detach().numpy(), grad.numpy(), logits.detach().numpy()
+    (grad,) = torch.autograd.grad(score, leaf)
+    return leaf.detach().numpy(), grad.numpy(), logits.detach().numpy()
 
 
 def activations_and_score_gradients(model, layer: str, x: torch.Tensor, score, to_grid=None):
     """Like :func:`activations_and_gradients` for any score ``score(output) -> (N,)`` (float64 torch),
     with the layer output laid out as (N, C, h, w) by ``to_grid`` (NumPy) when it is not one already."""
-    m = copy.deepcopy(model).double().eval()
-    module = dict(m.named_modules())[layer]
-    store = {}
-
-    def keep(_module, _inputs, output):
-        leaf = output.detach().clone().requires_grad_(True)
-        store["A"] = leaf
-        return leaf * 1.0
-
-    handle = module.register_forward_hook(keep)
-    try:
-        output = m(x.double())
-    finally:
-        handle.remove()
-    (grad,) = torch.autograd.grad(score(output).sum(), store["A"])
-    A, G = store["A"].detach().numpy(), grad.numpy()
+    leaf, output = _hooked_float64_run(model, layer, x)
+    (grad,) = torch.autograd.grad(score(output).sum(), leaf)
+    A, G = leaf.detach().numpy(), grad.numpy()
     return (A, G) if to_grid is None else (to_grid(A), to_grid(G))
 
 
