@@ -17,7 +17,6 @@ from explainer.errors import (
     MethodError,
     ModelOutputError,
     NonFiniteError,
-    TargetError,
 )
 from explainer.explanation import Explanation
 from explainer.gradients import score_gradients
@@ -30,6 +29,7 @@ from explainer.reshape import Reshape, as_reshape
 from explainer.smoothing import contributions, eigen_smooth
 from explainer.split import LayerSpec, LeafSpec, SplitModel, split_model
 from explainer.targets import Scorer, Targets, make_scorer
+from explainer.tracing_lock import running, tracing
 
 Backbone = Callable[[Tensor], Tensor | Sequence[Tensor]]
 
@@ -80,17 +80,11 @@ class Explainer:
         self._leaf_modules = tuple(leaf_modules)
         self._splits: dict[bool, SplitModel] = {}
         self._lock = threading.Lock()
-        split = self._split_for_mode()
+        split = self._split_for_mode(stacklevel=3)
         self._backbone: Backbone = split.backbone
         self._head: Head = split.head
         self.layer = split.layer
         self._in_channels = split.in_channels
-        if model.training:
-            warnings.warn(
-                f"{type(model).__name__} is in training mode: batch norm will use batch statistics "
-                "(and update its running averages) and dropout is random; call model.eval() first",
-                stacklevel=2,
-            )
         self._check_method_fits(split.head)
         self._check_head_tensors(split.head)
 
@@ -133,9 +127,12 @@ class Explainer:
 
     def _set_options(self, batch_size: int, max_channels: int | None, progress: bool, output_key: OutputKey,
                      reshape: str | Reshape | None) -> None:
+        if not isinstance(progress, bool):
+            raise MethodError(f"progress must be True or False, got {progress!r}")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise MethodError(f"batch_size must be an integer >= 1 (perturbed copies per forward), got {batch_size!r}")
-        if max_channels is not None and (not isinstance(max_channels, int) or max_channels < 1):
+        if max_channels is not None and (isinstance(max_channels, bool) or not isinstance(max_channels, int)
+                                         or max_channels < 1):
             raise MethodError(f"max_channels must be None (all channels) or an integer >= 1, got {max_channels!r}")
         self.batch_size, self.max_channels, self.progress = batch_size, max_channels, progress
         self.output_key = output_key
@@ -171,9 +168,22 @@ class Explainer:
         """``(activations, *skips) -> logits (N, num_classes)``."""
         return self._head
 
-    def _split_for_mode(self) -> SplitModel:
+    def _split_for_mode(self, stacklevel: int = 5) -> SplitModel:
+        """The split for the model's current train/eval mode (traced on first use of each mode).
+
+        Warns whenever the model is in training mode (at construction, and at each call after
+        ``model.train()``; Python shows each warning once per place): a call then updates batch
+        norm's running averages, and the model is never changed silently.
+        """
         assert self._model is not None
         mode = self._model.training
+        if mode:
+            warnings.warn(
+                f"{type(self._model).__name__} is in training mode: explaining it changes the model "
+                "(batch norm uses batch statistics and updates its running averages) and dropout is "
+                "random; call model.eval() first",
+                stacklevel=stacklevel,
+            )
         with self._lock:
             if mode not in self._splits:
                 self._splits[mode] = split_model(self._model, self._target_layer, self._leaf_modules)
@@ -202,7 +212,8 @@ class Explainer:
         graph = head if isinstance(head, fx.GraphModule) else None
         if graph is None and isinstance(head, nn.Module):
             try:
-                graph = fx.symbolic_trace(head)
+                with tracing():
+                    graph = fx.symbolic_trace(head)
             except Exception:  # noqa: BLE001 - any tracing failure means "cannot verify"
                 graph = None
         if graph is None:
@@ -264,7 +275,12 @@ class Explainer:
               eigen: bool = False) -> tuple[Tensor, Scorer, Tensor, Tensor]:
         """``(output, scorer, raw (N, K, h, w), cams (N, K, H, W))`` for one batch."""
         check_grad_mode()
-        backbone, head = self._parts()
+        backbone, head = self._parts()  # may trace (train/eval switch): before the shared run lock
+        with running():
+            return self._run_parts(backbone, head, x, targets, topk, eigen)
+
+    def _run_parts(self, backbone: Backbone, head: Head, x: Tensor, targets: Targets | Scorer, topk: int | None,
+                   eigen: bool) -> tuple[Tensor, Scorer, Tensor, Tensor]:
         device, dtype = model_device_dtype(head) if isinstance(head, nn.Module) else (None, None)
         if device is None and isinstance(backbone, nn.Module):
             device, dtype = model_device_dtype(backbone)

@@ -52,6 +52,10 @@ class ModelOutputError(DeployCamError, ValueError):
     """The model's output is not a ``(N, num_classes)`` logits tensor."""
 
 
+class ModelLoadError(DeployCamError, ValueError):
+    """Unknown model name, or a weights file that does not fit."""
+
+
 class ExportError(DeployCamError, RuntimeError):
     """A method, model or layer that cannot be exported, or a file that is not an exported graph."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -49,12 +51,28 @@ def score_gradients(scores: Tensor, activations: Tensor, hint: str = _NOT_DIFFER
     return grad.transpose(0, 1)
 
 
+def resolve_target(logits: Tensor, target: Optional[Tensor]) -> Tensor:
+    """``(N,)`` classes: ``target`` where it is >= 0, each image's argmax where negative or None.
+
+    One convention for every graph (eager, TorchScript, ONNX): a negative target means argmax.
+    TorchScript-compatible.
+    """
+    best = logits.argmax(dim=1)
+    if target is None:
+        return best
+    return torch.where(target < 0, best, target.to(best.dtype))
+
+
 def single_target_gradient(logits: Tensor, activations: Tensor, target: Tensor) -> Tensor:
     """d logits[n, target[n]] / d activations as ``(N, 1, C, h, w)``; ``target`` is ``(N,)`` long.
 
+    The score is a one-hot product, not an index, so a target outside ``[0, classes)``
+    selects nothing and gives a zero gradient (an all-zero map), as in the ONNX graphs.
     TorchScript-compatible: the exported TorchScript graphs call this same function.
     """
-    score = logits.gather(1, target.unsqueeze(1)).sum()
+    classes = torch.arange(logits.shape[1], device=logits.device)
+    one_hot = (classes.unsqueeze(0) == target.unsqueeze(1)).to(logits.dtype)
+    score = (logits * one_hot).sum()
     grad = torch.autograd.grad([score], [activations])[0]
     assert grad is not None
     return grad.unsqueeze(1)

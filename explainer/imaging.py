@@ -20,15 +20,24 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as ``(H, W, 3)`` RGB uint8.
 
     Raises :class:`FileNotFoundError` for a missing file and :class:`InputError`
-    for a file OpenCV cannot decode.
+    for a file OpenCV cannot decode, or a truncated JPEG (which OpenCV would return with
+    grey rows in place of the missing data).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no image file at {path}")
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    data = np.fromfile(path, dtype=np.uint8)
+    if data[:2].tobytes() == b"\xff\xd8" and not _ends_with_jpeg_eoi(data):
+        raise InputError(f"{path} is a truncated JPEG (no end-of-image marker): the file is incomplete")
+    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if bgr is None:
         raise InputError(f"{path} is not an image OpenCV can read (supported: {', '.join(IMAGE_SUFFIXES)})")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _ends_with_jpeg_eoi(data: np.ndarray) -> bool:
+    """True when a JPEG's data ends with the EOI marker ``FF D9`` (trailing padding bytes allowed)."""
+    return data[-64:].tobytes().rstrip(b"\x00\r\n \xff").endswith(b"\xff\xd9")
 
 
 @dataclass(frozen=True)

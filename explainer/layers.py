@@ -10,7 +10,10 @@ import torch
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from explainer.errors import InputError, LayerShapeError
+from explainer.reshape import fits_aspect
 from explainer.split import LeafSpec, trace_model
+from explainer.tracing_lock import running
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class LayerInfo:
         calls: how many times the forward pass calls the module (a target must be called once,
             or be named by node).
         position: execution index of the node that produces this output.
+        image_size: ``(H, W)`` of the probe input, to tell image-shaped maps from other 4-D tensors.
     """
 
     name: str
@@ -31,11 +35,16 @@ class LayerInfo:
     shape: tuple[int, ...] | None
     calls: int = 1
     position: int = 0
+    image_size: tuple[int, int] | None = None
 
     @property
     def is_spatial(self) -> bool:
-        """True for ``(N, C, h, w)`` outputs with more than one position: a valid CAM target."""
-        return self.shape is not None and len(self.shape) == 4 and self.shape[2] * self.shape[3] > 1
+        """True for ``(N, C, h, w)`` outputs with more than one position whose ``h x w`` has the input's
+        aspect ratio (a map of the image): a valid CAM target. Attention tensors such as
+        ``(N, heads, tokens, dim)`` are 4-D but not spatial."""
+        if self.shape is None or len(self.shape) != 4 or self.shape[2] * self.shape[3] <= 1:
+            return False
+        return self.image_size is None or fits_aspect((self.shape[2], self.shape[3]), self.image_size)
 
 
 def _node_shape(node: fx.Node) -> tuple[int, ...] | None:
@@ -60,12 +69,23 @@ def list_layers(
     gm = fx.GraphModule(probe, traced.graph)
     device = next((p.device for p in probe.parameters()), torch.device("cpu"))
     dtype = next((p.dtype for p in probe.parameters() if p.is_floating_point()), torch.float32)
-    with torch.no_grad():
-        ShapeProp(gm).propagate(torch.zeros(input_size, device=device, dtype=dtype))
+    try:
+        with torch.no_grad(), running():  # a model run: never while another thread traces
+            ShapeProp(gm).propagate(torch.zeros(input_size, device=device, dtype=dtype))
+    except Exception as exc:  # noqa: BLE001 - ShapeProp wraps the model's own error
+        cause = exc.__cause__ or exc
+        raise InputError(
+            f"{type(model).__name__} could not run on a zero probe input of shape {tuple(input_size)} "
+            f"({type(cause).__name__}: {str(cause).strip().splitlines()[0] if str(cause).strip() else ''}); "
+            "pass input_size=(N, C, H, W) the model takes (e.g. a batch of 2 for models whose batch norm "
+            "is in training mode, or the image size it was built for)"
+        ) from exc
+    image_size = (int(input_size[-2]), int(input_size[-1]))
 
     ops = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output", "get_attr")]
     if nodes:
-        return [LayerInfo(traced.qualnames[n], _node_kind(n, gm), _node_shape(n), 1, i) for i, n in enumerate(ops)]
+        return [LayerInfo(traced.qualnames[n], _node_kind(n, gm), _node_shape(n), 1, i, image_size)
+                for i, n in enumerate(ops)]
 
     modules = dict(probe.named_modules())
     last_index: dict[str, int] = {}
@@ -79,7 +99,8 @@ def list_layers(
         for depth in range(1, len(parts)):
             last_index[".".join(parts[:depth])] = i
     rows = [
-        (idx, LayerInfo(name, type(modules[name]).__name__, _node_shape(ops[idx]), calls.get(name, 1), idx))
+        (idx, LayerInfo(name, type(modules[name]).__name__, _node_shape(ops[idx]), calls.get(name, 1), idx,
+                        image_size))
         for name, idx in last_index.items()
         if name in modules and name
     ]
@@ -100,6 +121,10 @@ def default_layer(model: nn.Module, input_size: tuple[int, int, int, int] = (1, 
     """
     rows = [r for r in list_layers(model, input_size) if r.is_spatial and r.calls == 1]
     if not rows:
-        raise ValueError(f"{type(model).__name__} has no module with a spatial (N, C, h, w) output")
+        raise LayerShapeError(
+            f"{type(model).__name__} has no module with a spatial (N, C, h, w) output for an input of "
+            f"{tuple(input_size)}; for a vision transformer pick a token layer yourself and pass "
+            "reshape='tokens' (ViT) or 'channels_last' (Swin); `deploycam layers --all` lists every layer"
+        )
     same_output = [r for r in rows if r.position == rows[-1].position]
     return min(same_output, key=lambda r: (r.name.count("."), len(r.name))).name

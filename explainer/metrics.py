@@ -11,6 +11,10 @@ with the softmax probability ``p(target | image)``.
   the original pixels in the same order.
 * :func:`average_drop` (%, lower is better): ``mean_n max(0, Y_n - O_n) / Y_n * 100`` with
   ``Y = p(image)`` and ``O = p(image * map)`` (Chattopadhay et al., 2018).
+
+Probabilities are softmaxes computed in float64 (float32 underflows to 0 for confident
+models). Targets must be class indices in ``[0, num_classes)``: ``-1`` (what
+:attr:`Explanation.targets` holds for segmentation or similarity targets) is refused.
 * :func:`increase_in_confidence` (%, higher is better): ``mean_n [O_n > Y_n] * 100``.
 
 * :func:`road` (Rong et al., 2022, remove-and-debias): for each fraction f in ``fractions``
@@ -34,7 +38,7 @@ import torch
 import torchvision.transforms.functional as TF
 from torch import Tensor
 
-from explainer.errors import InputError
+from explainer.errors import InputError, TargetError
 from explainer.imputation import noisy_linear_impute
 
 Model = Callable[[Tensor], Tensor]
@@ -47,6 +51,12 @@ def _check(images: Tensor, maps: Tensor, targets: Tensor, steps: int | None = No
     targets = torch.as_tensor(targets, device=images.device).reshape(-1).long()
     if targets.shape[0] != images.shape[0]:
         raise InputError(f"got {targets.shape[0]} targets for {images.shape[0]} images")
+    if bool((targets < 0).any()):
+        raise TargetError(
+            f"target {int(targets[targets < 0][0])} is not a class index: metrics score p(target class), and "
+            "Explanation.targets holds -1 for targets that are not classes (segmentation, similarity); pass "
+            "the class indices to score instead (e.g. the logits' argmax)"
+        )
     if steps is not None and steps < 1:
         raise InputError(f"steps must be >= 1, got {steps}")
     if batch_size < 1:
@@ -69,11 +79,21 @@ def baseline_images(images: Tensor, baseline: str | Tensor = "blur") -> Tensor:
     raise InputError(f"baseline must be 'blur', 'mean', 'zero' or a tensor, got {baseline!r}")
 
 
+def _class_probabilities(logits: Tensor, targets: Tensor) -> Tensor:
+    """``p(targets[b] | row b)`` in float64 (float32 softmax underflows to 0 for confident models);
+    :class:`TargetError` for a class the output does not have."""
+    if logits.ndim != 2:
+        raise TargetError(f"metrics need classifier logits (N, num_classes); the model returned {tuple(logits.shape)}")
+    if bool((targets >= logits.shape[1]).any()):
+        raise TargetError(f"target {int(targets.max())} is out of range: the model has {logits.shape[1]} classes")
+    return logits.double().softmax(dim=1).gather(1, targets.reshape(-1, 1).expand(logits.shape[0], 1))[:, 0]
+
+
 def _probabilities(model: Model, batch: Tensor, target: Tensor, batch_size: int) -> Tensor:
     out = []
     with torch.no_grad():
         for start in range(0, batch.shape[0], batch_size):
-            out.append(model(batch[start:start + batch_size]).softmax(dim=1)[:, target])
+            out.append(_class_probabilities(model(batch[start:start + batch_size]), target))
     return torch.cat(out)
 
 
@@ -87,16 +107,22 @@ def _ranks(cam: Tensor) -> Tensor:
 
 def _curve(model: Model, images: Tensor, maps: Tensor, targets: Tensor, steps: int, baseline: str | Tensor,
            batch_size: int, insert: bool) -> Tensor:
-    """``(N, steps + 1)`` probabilities along the deletion (or insertion) path."""
+    """``(N, steps + 1)`` probabilities along the deletion (or insertion) path.
+
+    The path's images are built ``batch_size`` at a time (never all ``steps + 1`` at once)."""
     base = baseline_images(images, baseline)
     total = maps.shape[-2] * maps.shape[-1]
     counts = torch.round(torch.arange(steps + 1, device=images.device) * total / steps)
     curves = []
-    for n in range(images.shape[0]):
-        changed = (_ranks(maps[n])[None] < counts[:, None, None])[:, None]  # (steps+1, 1, H, W)
-        start, end = (base[n], images[n]) if insert else (images[n], base[n])
-        path = torch.where(changed, end[None], start[None])
-        curves.append(_probabilities(model, path, targets[n], batch_size))
+    with torch.no_grad():
+        for n in range(images.shape[0]):
+            ranks = _ranks(maps[n])[None]
+            start, end = (base[n], images[n]) if insert else (images[n], base[n])
+            chunks = []
+            for first in range(0, steps + 1, batch_size):
+                changed = (ranks < counts[first:first + batch_size, None, None])[:, None]  # (B, 1, H, W)
+                chunks.append(_class_probabilities(model(torch.where(changed, end[None], start[None])), targets[n]))
+            curves.append(torch.cat(chunks))
     return torch.stack(curves)
 
 
@@ -115,17 +141,22 @@ def insertion_auc(model: Model, images: Tensor, maps: Tensor, targets: Tensor, s
 
 
 def _confidences(model: Model, images: Tensor, maps: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """``(Y, O)``: float64 ``p(target)`` of the images and of the images masked by the maps, ``(N,)`` each."""
     targets = _check(images, maps, targets)
     with torch.no_grad():
-        original = model(images).softmax(dim=1).gather(1, targets[:, None])[:, 0]
-        masked = model(images * maps[:, None]).softmax(dim=1).gather(1, targets[:, None])[:, 0]
+        original = _class_probabilities(model(images), targets)
+        masked = _class_probabilities(model(images * maps[:, None]), targets)
     return original, masked
 
 
 def average_drop(model: Model, images: Tensor, maps: Tensor, targets: Tensor) -> float:
-    """``mean max(0, Y - O) / Y * 100`` with ``Y = p(image)``, ``O = p(image * map)``; lower is better."""
+    """``mean max(0, Y - O) / Y * 100`` with ``Y = p(image)``, ``O = p(image * map)``; lower is better.
+
+    Probabilities are float64; an image whose ``Y`` is still 0 has nothing to drop and counts as 0.
+    """
     original, masked = _confidences(model, images, maps, targets)
-    return float(((original - masked).clamp(min=0) / original).mean() * 100)
+    drop = (original - masked).clamp(min=0) / original.clamp(min=torch.finfo(torch.float64).tiny)
+    return float(drop.mean() * 100)
 
 
 def increase_in_confidence(model: Model, images: Tensor, maps: Tensor, targets: Tensor) -> float:
@@ -150,12 +181,13 @@ def road_curve(model: Model, images: Tensor, maps: Tensor, targets: Tensor, orde
     targets = _check(images, maps, targets, batch_size=batch_size)
     if order not in ("morf", "lerf"):
         raise InputError(f"order must be 'morf' (most relevant first) or 'lerf' (least relevant first), got {order!r}")
-    if not fractions or any(not 0 <= f <= 1 for f in fractions):
-        raise InputError(f"fractions must be a non-empty sequence of values in [0, 1], got {fractions!r}")
-    generator = torch.Generator().manual_seed(seed)
+    if not fractions or any(not 0 <= f < 1 for f in fractions):
+        raise InputError(f"fractions must be a non-empty sequence of values in [0, 1) (removing every pixel leaves "
+                         f"nothing to impute from), got {fractions!r}")
     total = maps.shape[-2] * maps.shape[-1]
     curves = []
     for n in range(images.shape[0]):
+        generator = torch.Generator().manual_seed(seed)  # per image: its score does not depend on the batch
         ranks = _ranks(maps[n])
         imputed = []
         for fraction in fractions:

@@ -14,10 +14,11 @@ import torch
 import torchvision
 from torch import nn
 
-from explainer.errors import DeployCamError, close_matches
+from explainer.defaults import DEFAULT_MODEL
+from explainer.errors import ModelLoadError, close_matches
 from explainer.layers import default_layer
 
-DEFAULT_MODEL = "efficientnet-lite0"
+__all__ = ["DEFAULT_MODEL", "LITE_MODELS", "LoadedModel", "ModelLoadError", "available_models", "load_model"]
 LITE_MODELS = tuple(f"efficientnet-lite{i}" for i in range(5))
 
 _DEFAULT_LAYERS = (
@@ -30,10 +31,6 @@ _DEFAULT_LAYERS = (
     (r"shufflenet", "conv5"),
     (r"mnasnet", "layers"),
 )
-
-
-class ModelLoadError(DeployCamError, ValueError):
-    """Unknown model name, or a weights file that does not fit."""
 
 
 @dataclass(frozen=True)

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
 
+from explainer.colormaps import COLORMAPS, colormap_id
 from explainer.errors import InputError
 
-#: Names accepted by ``colormap`` (OpenCV's ``cv2.COLORMAP_*``, lower case).
-COLORMAPS: dict[str, int] = {
-    name[len("COLORMAP_"):].lower(): getattr(cv2, name) for name in dir(cv2) if name.startswith("COLORMAP_")
-}
+if TYPE_CHECKING:  # torch is not imported at run time: `import explainer` stays light
+    import torch
 
-
-def _colormap_id(colormap: str | int) -> int:
-    if isinstance(colormap, int):
-        return colormap
-    key = colormap.lower().removeprefix("colormap_")
-    if key not in COLORMAPS:
-        raise InputError(f"unknown colormap {colormap!r}; OpenCV has: {', '.join(sorted(COLORMAPS))}")
-    return COLORMAPS[key]
+__all__ = ["COLORMAPS", "colorize", "overlay", "make_grid", "save_png"]
 
 
 def _as_uint8_rgb(image: np.ndarray) -> np.ndarray:
@@ -40,13 +32,13 @@ def _as_uint8_rgb(image: np.ndarray) -> np.ndarray:
 
 def colorize(cam: np.ndarray | torch.Tensor, colormap: str | int = "jet") -> np.ndarray:
     """A map ``(h, w)`` with values in [0, 1] as an RGB uint8 picture ``(h, w, 3)``."""
-    if isinstance(cam, torch.Tensor):
+    if hasattr(cam, "detach"):  # a torch.Tensor
         cam = cam.detach().float().cpu().numpy()
     cam = np.asarray(cam, dtype=np.float32)
     if cam.ndim != 2:
         raise InputError(f"cam must be a single (H, W) map, got shape {cam.shape}")
     grey = np.clip(np.nan_to_num(cam) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return cv2.cvtColor(cv2.applyColorMap(grey, _colormap_id(colormap)), cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(cv2.applyColorMap(grey, colormap_id(colormap)), cv2.COLOR_BGR2RGB)
 
 
 def overlay(

@@ -17,6 +17,7 @@ the class token reaches the classifier and the patch tokens' gradients are zero.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from torch import Tensor
@@ -82,6 +83,15 @@ class TokenGrid:
         return f"TokenGrid(grid={self.grid}, prefix_tokens={self.prefix_tokens})"
 
 
+def fits_aspect(grid_hw: tuple[int, int], image_hw: tuple[int, int], tolerance: float = 0.25) -> bool:
+    """True when a ``(h, w)`` feature grid has about the input's aspect ratio (within 25%: strided
+    convolutions round sizes), as a spatial map of the image does."""
+    (h, w), (height, width) = grid_hw, image_hw
+    if min(h, w, height, width) < 1:
+        return False
+    return abs(math.log((h / w) / (height / width))) <= math.log(1 + tolerance)
+
+
 def _grid_for(patches: int, image_hw: tuple[int, int]) -> tuple[int, int] | None:
     """``(h, w)`` with ``h * w == patches`` and ``h / w == H / W``, or None."""
     if patches < 1:
@@ -116,6 +126,13 @@ class ChannelsLast:
     def __call__(self, activations: Tensor, image_hw: tuple[int, int]) -> Tensor:
         if activations.ndim != 4:
             raise LayerShapeError(f"ChannelsLast needs (N, h, w, C) activations, got {tuple(activations.shape)}")
+        _, a, b, c = activations.shape
+        if not fits_aspect((a, b), image_hw) and fits_aspect((b, c), image_hw):
+            raise LayerShapeError(
+                f"reshape='channels_last' expects (N, h, w, C) activations, but {tuple(activations.shape)} looks "
+                f"like (N, C={a}, h={b}, w={c}) for an input of {image_hw[0]}x{image_hw[1]}: this layer is already "
+                "channels-first, so drop reshape="
+            )
         return activations.permute(0, 3, 1, 2)
 
     def __repr__(self) -> str:

@@ -35,6 +35,7 @@ from torch import fx, nn
 from torchvision.models.feature_extraction import NodePathTracer
 
 from explainer.errors import LayerNotFoundError, TraceError, close_matches
+from explainer.tracing_lock import tracing
 
 LayerSpec = str | nn.Module
 LeafSpec = type | str | nn.Module
@@ -43,8 +44,10 @@ LeafSpec = type | str | nn.Module
 class _Tracer(NodePathTracer):
     """NodePathTracer that also treats given module *instances* and names as leaves."""
 
-    def __init__(self, leaf_names: Iterable[str], leaf_types: Sequence[type]) -> None:
-        super().__init__(autowrap_modules=(math, torchvision.ops), leaf_modules=list(leaf_types))
+    def __init__(self, leaf_names: Iterable[str], leaf_types: Sequence[type],
+                 autowrap_functions: Sequence = ()) -> None:
+        super().__init__(autowrap_modules=(math, torchvision.ops), leaf_modules=list(leaf_types),
+                         autowrap_functions=tuple(autowrap_functions))
         self._leaf_names = set(leaf_names)
 
     def is_leaf_module(self, m: nn.Module, module_qualname: str) -> bool:
@@ -66,6 +69,7 @@ def _module_names(model: nn.Module) -> dict[int, str]:
 def _normalise_leaves(model: nn.Module, leaves: Iterable[LeafSpec]) -> tuple[list[str], list[type]]:
     names, types = [], []
     by_id = _module_names(model)
+    known = [name for name, _ in model.named_modules(remove_duplicate=False) if name]
     for leaf in leaves:
         if isinstance(leaf, type):
             types.append(leaf)
@@ -73,9 +77,31 @@ def _normalise_leaves(model: nn.Module, leaves: Iterable[LeafSpec]) -> tuple[lis
             if id(leaf) not in by_id:
                 raise LayerNotFoundError("a module given in leaf_modules is not a submodule of this model")
             names.append(by_id[id(leaf)])
+        elif isinstance(leaf, str):
+            if leaf not in known:
+                suggestions = close_matches(leaf, known)
+                hint = f"; closest: {', '.join(suggestions)}" if suggestions else ""
+                raise LayerNotFoundError(f"leaf_modules names {leaf!r}, which is no submodule of "
+                                         f"{type(model).__name__}{hint}")
+            names.append(leaf)
         else:
-            names.append(str(leaf))
+            raise LayerNotFoundError(f"leaf_modules holds {leaf!r}; give module names, types or module objects")
     return names, types
+
+
+def _library_notrace(model: nn.Module) -> tuple[list[type], list]:
+    """Modules and functions a model's own library marks as untraceable by torch.fx.
+
+    timm registers its data-dependent modules (``Conv2dSame``'s ``pad_same``, MobileViT blocks...)
+    and functions in ``timm.layers._fx``; for models built by timm they become leaves.
+    """
+    if not type(model).__module__.startswith("timm."):
+        return [], []
+    try:
+        from timm.layers import _fx as timm_fx
+    except ImportError:  # pragma: no cover - a timm model without timm importable
+        return [], []
+    return list(timm_fx.get_notrace_modules()), list(timm_fx.get_notrace_functions())
 
 
 def trace_model(model: nn.Module, leaf_modules: Iterable[LeafSpec] = ()) -> TracedModel:
@@ -83,20 +109,47 @@ def trace_model(model: nn.Module, leaf_modules: Iterable[LeafSpec] = ()) -> Trac
 
     ``leaf_modules`` (types, names or module objects) are kept as single call
     nodes instead of being traced through: use it for modules with data-dependent
-    control flow. Raises :class:`TraceError` with advice when tracing fails.
+    control flow. Models from timm get timm's own list of untraceable modules and
+    functions as well. Raises :class:`TraceError` with advice when tracing fails.
     """
     names, types = _normalise_leaves(model, leaf_modules)
-    tracer = _Tracer(names, types)
+    library_types, library_functions = _library_notrace(model)
+    tracer = _Tracer(names, types + library_types, library_functions)
     try:
-        graph = tracer.trace(model)
+        with tracing():  # fx patches nn.Module.__call__ process-wide while it traces
+            graph = tracer.trace(model)
     except Exception as exc:  # fx raises many types (TraceError, TypeError, RuntimeError...)
+        culprit = _innermost_module(exc, model)
+        advice = (f"the failure is inside {culprit!r}: pass leaf_modules=[{culprit!r}] (or its type) so it is "
+                  "not traced through" if culprit else
+                  "if a submodule has data- or shape-dependent control flow, pass it in leaf_modules=[...] "
+                  "(a name, type or module object) so it is not traced through")
         raise TraceError(
             f"torch.fx could not trace {type(model).__name__}: {type(exc).__name__}: {exc}\n"
-            "If a submodule has data- or shape-dependent control flow, pass it in "
-            "leaf_modules=[...] (a name, type or module object) so it is not traced through; "
-            "or build the explainer with Explainer.from_parts(backbone, head, method=...)."
+            f"{advice[0].upper() + advice[1:]}; or build the explainer with "
+            "Explainer.from_parts(backbone, head, method=...)."
         ) from exc
     return TracedModel(graph, dict(tracer.node_to_qualname))
+
+
+def _innermost_module(exc: BaseException, model: nn.Module) -> str | None:
+    """The name of the deepest submodule whose ``forward`` is on the failing trace's stack, if any."""
+    by_code = {}
+    for name, module in model.named_modules():
+        forward = getattr(type(module), "forward", None)
+        code = getattr(forward, "__code__", None)
+        if name and code is not None:
+            by_code.setdefault(code, []).append(name)
+    found = None
+    tb = exc.__traceback__
+    while tb is not None:
+        names = by_code.get(tb.tb_frame.f_code)
+        if names:
+            module = tb.tb_frame.f_locals.get("self")
+            exact = [n for n in names if model.get_submodule(n) is module]
+            found = (exact or names)[0]
+        tb = tb.tb_next
+    return found
 
 
 @dataclass(frozen=True)
@@ -263,7 +316,8 @@ def split_model(
     for node in graph.nodes:
         if node in downstream:
             henv[node] = hd_graph.node_copy(node, lookup)
-    hd_graph.node_copy(output, lookup)
+    # the model's return annotation (Inception's InceptionOutputs) describes the model, not the head
+    hd_graph.node_copy(output, lookup).type = None
 
     try:
         backbone = fx.GraphModule(model, bb_graph, class_name="Backbone")

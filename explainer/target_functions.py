@@ -243,8 +243,17 @@ class PerImageTargets(Target):
 
     @property
     def class_index(self) -> Tensor | None:
-        found = [getattr(fn, "category", None) for fn in self.fns]  # pytorch-grad-cam's ClassifierOutputTarget
-        return torch.tensor(found) if all(isinstance(c, int) for c in found) else None
+        found = [_single_class(fn) for fn in self.fns]
+        return torch.tensor(found) if all(c is not None for c in found) else None
+
+
+def _single_class(fn: Callable) -> int | None:
+    """The class one per-image target explains: a one-class :class:`ClassTarget`, or pytorch-grad-cam's
+    ``ClassifierOutputTarget`` (``.category``); None for anything else."""
+    if isinstance(fn, ClassTarget):
+        return int(fn.index) if fn.index.numel() == 1 else None
+    category = getattr(fn, "category", None)
+    return category if isinstance(category, int) and not isinstance(category, bool) else None
 
 
 def is_target_callable(targets: object) -> bool:

@@ -34,13 +34,16 @@ def resolve_targets(targets: Targets, logits: Tensor, deferred=None) -> tuple[Te
     if isinstance(targets, bool) or isinstance(targets, (float, str)):
         raise TargetError(f"targets must be None, an int, N ints or an (N, K) int tensor; got {targets!r}")
     if isinstance(targets, numbers.Integral):
+        if not -(2**63) <= int(targets) < 2**63:
+            raise TargetError(f"target class {targets} is out of range: the model has {num_classes} classes, "
+                              f"so targets must be in [0, {num_classes})")
         t = torch.full((n, 1), int(targets), dtype=torch.long)
         given_k = False
     else:
         try:
             t = torch.as_tensor(np.asarray(targets) if not isinstance(targets, Tensor) else targets)
-        except (TypeError, ValueError) as exc:
-            raise TargetError(f"targets could not be read as integers: {exc}") from exc
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TargetError(f"targets could not be read as class indices in [0, {num_classes}): {exc}") from exc
         if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
             raise TargetError(f"targets must hold integer class indices, got dtype {t.dtype}")
         given_k = t.ndim == 2

@@ -5,12 +5,14 @@
     to_torchscript(explainer, "gradcam.pt", example_images, part="head")
     rt = load("gradcam.onnx", device="cuda")                       # ONNX Runtime or torch.jit
     result = rt(images, targets=None)                              # an explainer.Explanation
+    compare(explainer, rt, images)                                 # max |cam - eager|, same classes
 """
 
+from export.compare import Comparison, compare
 from export.onnx_graph import model_to_onnx, to_onnx
 from export.parts import PARTS, GraphInfo
 from export.runtime import GraphRuntime, OnnxRuntimeExplainer, TorchScriptExplainer, load
 from export.torchscript import to_torchscript
 
-__all__ = ["to_onnx", "model_to_onnx", "to_torchscript", "load", "PARTS", "GraphInfo", "GraphRuntime",
-           "OnnxRuntimeExplainer", "TorchScriptExplainer"]
+__all__ = ["to_onnx", "model_to_onnx", "to_torchscript", "load", "compare", "Comparison", "PARTS", "GraphInfo",
+           "GraphRuntime", "OnnxRuntimeExplainer", "TorchScriptExplainer"]

@@ -3,7 +3,8 @@
 
 import json
 import operator
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Tuple
 
 import torch
@@ -42,10 +43,18 @@ class GraphInfo:
 
     @classmethod
     def from_json(cls, text: str) -> "GraphInfo":
-        data = json.loads(text)
-        data["input_shape"] = tuple(data["input_shape"])
-        data["image_size"] = tuple(data["image_size"])
-        return cls(**data)
+        """Parse the metadata; raises :class:`ExportError` for damaged or foreign metadata."""
+        try:
+            data = json.loads(text)
+            info = cls(**{f.name: data[f.name] for f in fields(cls)})
+            info = replace(info, input_shape=tuple(int(d) for d in info.input_shape),
+                           image_size=tuple(int(d) for d in info.image_size), num_classes=int(info.num_classes))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ExportError(f"the file's deploycam metadata is damaged ({type(exc).__name__}: {exc}); "
+                              "export the graph again") from exc
+        if info.part not in PARTS or len(info.input_shape) != 3 or len(info.image_size) != 2 or info.num_classes < 1:
+            raise ExportError(f"the file's deploycam metadata is damaged ({text[:200]!r}); export the graph again")
+        return info
 
 
 @dataclass(frozen=True)
@@ -85,13 +94,18 @@ def export_parts(explainer: Explainer, example_input: Tensor, part: str, fmt: st
     if explainer.reshape is not None:
         raise ExportError("explainers with reshape= (vision transformer token layers) are not exportable yet; "
                           "use the eager Explainer for them")
-    if not isinstance(example_input, Tensor) or example_input.ndim != 4:
-        raise InputError("example_input must be an image batch tensor of shape (N, C, H, W)")
-    with torch.no_grad():
-        packed = backbone(example_input)
-        packed = (packed,) if isinstance(packed, Tensor) else tuple(packed)
-        activations, skips = packed[0], packed[1:]
-        logits = head(activations.clone(), *skips)
+    _check_example(example_input, backbone, explainer)
+    try:
+        with torch.no_grad():
+            packed = backbone(example_input)
+            packed = (packed,) if isinstance(packed, Tensor) else tuple(packed)
+            activations, skips = packed[0], packed[1:]
+            logits = head(activations.clone(), *skips)
+    except RuntimeError as exc:
+        raise InputError(
+            f"the model could not run on the example of shape {tuple(example_input.shape)} "
+            f"({str(exc).strip().splitlines()[0]}); pass an example batch the model takes"
+        ) from exc
     if not isinstance(logits, Tensor) or logits.ndim != 2:
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
         raise ExportError(f"the model returns {shape}; exported graphs explain classifiers with "
@@ -106,6 +120,12 @@ def export_parts(explainer: Explainer, example_input: Tensor, part: str, fmt: st
         )
     if activations.ndim != 4:
         raise ExportError(f"layer {explainer.layer!r} outputs {tuple(activations.shape)}, not (N, C, h, w)")
+    if activations.shape[-2] * activations.shape[-1] == 1:
+        raise ExportError(
+            f"layer {explainer.layer!r} outputs {tuple(activations.shape)} for this example: a 1x1 map has no "
+            "spatial extent to explain (the graph would return all-zero maps); pick an earlier layer or a "
+            "larger example"
+        )
     first = example_input if part == "full" else activations
     info = GraphInfo(
         part=part, method=explainer.method.name, layer=explainer.layer,
@@ -114,6 +134,30 @@ def export_parts(explainer: Explainer, example_input: Tensor, part: str, fmt: st
         num_classes=int(logits.shape[1]), format=fmt,
     )
     return ExportParts(backbone, head, explainer.method, activations, tuple(skips), info)
+
+
+def check_destination(path: str | os.PathLike) -> None:
+    """Raise :class:`ExportError` before any work when ``path``'s folder is missing or not writable."""
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise ExportError(f"cannot write {os.fspath(path)}: {folder} is not a writable folder")
+    if os.path.isdir(os.fspath(path)):
+        raise ExportError(f"cannot write {os.fspath(path)}: it is a folder; give a file name")
+
+
+def _check_example(example: Tensor, backbone: nn.Module, explainer: Explainer) -> None:
+    """A clear :class:`InputError` for an example of the wrong type, rank, dtype or channel count."""
+    if not isinstance(example, Tensor) or example.ndim != 4 or example.shape[0] < 1:
+        shape = tuple(example.shape) if isinstance(example, Tensor) else type(example).__name__
+        raise InputError(f"example_input must be a non-empty image batch tensor (N, C, H, W), got {shape}")
+    dtype = next((p.dtype for p in backbone.parameters() if p.is_floating_point()), torch.float32)
+    if example.dtype != dtype:
+        raise InputError(f"example_input is {example.dtype}, the model's weights are {dtype}: "
+                         f"pass example.to({dtype})")
+    channels = getattr(explainer, "_in_channels", None)
+    if channels is not None and example.shape[1] != channels:
+        raise InputError(f"example_input has {example.shape[1]} channels; the model's first convolution expects "
+                         f"{channels}: (N, {channels}, H, W)")
 
 
 class MethodModule(nn.Module):

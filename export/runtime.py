@@ -20,6 +20,7 @@ from explainer.errors import ExportError, InputError, TargetError
 from explainer.explanation import Explanation
 from explainer.target_functions import is_target_callable
 from explainer.targets import Targets, resolve_targets, topk_targets
+from explainer.tracing_lock import running
 from export.onnx_graph import METADATA_KEY
 from export.parts import GraphInfo
 from export.torchscript import METADATA_FILE
@@ -119,7 +120,6 @@ class OnnxRuntimeExplainer(GraphRuntime):
             warnings.warn(message + "; falling back to CPUExecutionProvider", RuntimeWarning, stacklevel=3)
             wanted = [p for p in wanted if _provider_name(p) in available] or ["CPUExecutionProvider"]
         options = ort.SessionOptions()
-        options.log_severity_level = 3  # the optional `target` input makes ORT warn at load time
         if threads:
             options.intra_op_num_threads = threads
         if not spin:  # idle threads stop spinning: fairer when PyTorch runs in between
@@ -136,11 +136,13 @@ class OnnxRuntimeExplainer(GraphRuntime):
         self.backend = f"onnxruntime/{self.provider}"
         self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         self._input_name = self.session.get_inputs()[0].name
+        self._has_target = any(i.name == "target" for i in self.session.get_inputs())
 
     def _run(self, x: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:
         feed = {self._input_name: x.detach().cpu().numpy()}
-        if target is not None:
-            feed["target"] = target.cpu().numpy().astype(np.int64)
+        if self._has_target:  # a real graph input: -1 (argmax) when the caller gives none
+            feed["target"] = (np.full(x.shape[0], -1, dtype=np.int64) if target is None
+                              else target.cpu().numpy().astype(np.int64))
         logits, cam = self.session.run(["logits", "cam"], feed)
         return torch.from_numpy(logits), torch.from_numpy(cam)
 
@@ -171,7 +173,8 @@ class TorchScriptExplainer(GraphRuntime):
     def _run(self, x: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:
         check_grad_mode()
         x = x.to(self.device)
-        with torch.enable_grad():  # the graph needs grad mode at entry (see export.torchscript)
+        # the graph needs grad mode at entry (see export.torchscript); running(): a module call
+        with torch.enable_grad(), running():
             logits, cam = self.module(x, None if target is None else target.to(self.device))
         return logits.detach(), cam.detach()
 

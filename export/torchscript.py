@@ -15,6 +15,7 @@ gradient) nor re-trace it with ``torch.jit.trace`` (it bakes in the batch size).
 
 
 import os
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -22,9 +23,10 @@ from torch import Tensor, nn
 
 from explainer.core import Explainer
 from explainer.errors import ExportError
-from explainer.gradients import single_target_gradient
+from explainer.gradients import resolve_target, single_target_gradient
 from explainer.postprocess import normalize_maps, upsample_maps
-from export.parts import AsTuple, GraphInfo, export_parts, head_caller, method_module
+from explainer.tracing_lock import tracing
+from export.parts import AsTuple, GraphInfo, check_destination, export_parts, head_caller, method_module
 
 METADATA_FILE = "deploycam.json"
 
@@ -57,22 +59,25 @@ class ScriptableExplanation(nn.Module):
                 "deploycam: this graph computes a gradient; call it with grad mode enabled "
                 "(not under torch.no_grad()/torch::NoGradGuard, nor inference mode)"
             )
-        previous = torch.is_grad_enabled()
-        torch.set_grad_enabled(False)
-        packed = self.backbone(input)
+        # Grad mode is only ever changed by `with torch.no_grad()` blocks, which restore it on every
+        # path, errors included: a failing call leaves the caller's thread as it was.
+        with torch.no_grad():
+            packed = self.backbone(input)
         activations = packed[0]
-        torch.set_grad_enabled(self.needs_gradient)
-        leaf = activations.detach().requires_grad_(self.needs_gradient)
-        logits = self.head(leaf.clone(), packed)
-        if target is None:
-            chosen = logits.detach().argmax(dim=1)
-        else:
-            chosen = target
+        if activations.dim() != 4 or activations.size(2) * activations.size(3) == 1:
+            raise RuntimeError(
+                "deploycam: the target layer's output for this input is not a spatial map larger than 1x1 "
+                "(the input is too small for this graph)"
+            )
         if self.needs_gradient:
+            leaf = activations.detach().requires_grad_(True)
+            logits = self.head(leaf.clone(), packed)
+            chosen = resolve_target(logits.detach(), target)
             gradients = single_target_gradient(logits, leaf, chosen)
         else:
+            with torch.no_grad():
+                logits = self.head(activations.clone(), packed)
             gradients = activations.new_empty(0)
-        torch.set_grad_enabled(previous)
         cam = normalize_maps(self.method(activations, gradients)[:, 0])
         if self.upsample:
             cam = upsample_maps(cam.unsqueeze(1), input.shape[-2], input.shape[-1])[:, 0]
@@ -90,6 +95,19 @@ def build_scriptable(explainer: Explainer, example_input: Tensor, part: str = "f
     return module, parts.info
 
 
+def script_module(module: nn.Module) -> torch.jit.ScriptModule:
+    """``torch.jit.script(module)`` under the tracing lock, without the checker's false alarm.
+
+    TorchScript's AST checker reads the top module's ``__init__``; torch.fx's own
+    ``GraphModule.__init__`` annotates empty dicts, so scripting any fx graph warns about
+    "instance-level annotations" with a stray ``return visitor(node)`` line from Python's
+    ast module. The graph is scripted correctly; that one warning is silenced here only.
+    """
+    with tracing(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*instance-level annotations")
+        return torch.jit.script(module)
+
+
 def to_torchscript(explainer: Explainer, path: str | os.PathLike, example_input: Tensor,
                    part: str = "full") -> GraphInfo:
     """Script the explanation and save it to ``path`` (``torch.jit.save``; metadata in ``deploycam.json``).
@@ -104,9 +122,11 @@ def to_torchscript(explainer: Explainer, path: str | os.PathLike, example_input:
     Returns the :class:`GraphInfo` written into the file. Raises :class:`ExportError`
     when the model cannot be scripted (the message names TorchScript's complaint).
     """
-    module, info = build_scriptable(explainer, example_input, part)
+    check_destination(path)
+    with tracing():  # scripting compiles the model's modules: no fx trace may patch them meanwhile
+        module, info = build_scriptable(explainer, example_input, part)
     try:
-        scripted = torch.jit.script(module)
+        scripted = script_module(module)
     except Exception as exc:  # noqa: BLE001 - TorchScript raises many frontend errors
         raise ExportError(
             f"torch.jit.script could not compile the explanation of {info.layer!r}: "

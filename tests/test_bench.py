@@ -66,3 +66,10 @@ def test_bench_cli_runs_one_model_end_to_end(tmp_path, capsys):
     eager = next(r for r in data["results"] if r["name"] == "efficientnet-lite0/b1/cpu/eager/gradcam")
     assert eager["ratio"] > 0 and eager["memory"]["delta_mb"] >= 0
     assert os.path.exists(tmp_path / "bench.png")
+
+
+def test_cli_model_list_matches_the_bench_cases():
+    from explainer.bench.cases import MODELS
+    from explainer.cli.bench_cmd import BENCH_MODELS
+
+    assert tuple(MODELS) == BENCH_MODELS

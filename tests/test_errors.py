@@ -145,3 +145,98 @@ def test_model_built_under_inference_mode_is_explained_clearly():
     with pytest.raises(GradModeError, match="created under torch.inference_mode"):
         Explainer(model, "0")
     Explainer(model, "0", "eigencam")(random_input(1, 8))  # no gradient needed: fine
+
+
+# -- gaps found probing the landed code (reliability issue) ---------------------------------------
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"max_channels": True}, "max_channels"),
+    ({"max_channels": 0}, "max_channels"),
+    ({"batch_size": True}, "batch_size"),
+    ({"progress": "yes"}, "progress"),
+])
+def test_option_types_are_checked_up_front(options, match):
+    with pytest.raises(MethodError, match=match):
+        Explainer(seeded_model("resnet18"), "layer4", "scorecam", **options)
+
+
+@pytest.mark.parametrize("targets", [2**64, -(2**64), [2**64, 1], [2**63, 1]])
+def test_huge_targets_are_target_errors(exp, targets):
+    with pytest.raises(TargetError, match=r"\[0, 1000\)|integer"):
+        exp(random_input(2, 64), targets)
+
+
+def test_channels_last_on_a_channels_first_layer_is_refused():
+    exp = Explainer(seeded_model("resnet18"), "layer3", reshape="channels_last")
+    with pytest.raises(LayerShapeError, match=r"already channels-first, so drop reshape="):
+        exp(random_input(1, 64))
+
+
+def test_misspelt_leaf_module_names_are_refused():
+    with pytest.raises(LayerNotFoundError, match=r"leaf_modules names 'layer4.0.downsampl'.*closest:.*downsample"):
+        Explainer(seeded_model("resnet18"), "layer4", leaf_modules=["layer4.0.downsampl"])
+    Explainer(seeded_model("resnet18"), "layer4", leaf_modules=["layer4.0.downsample"])  # the right name works
+
+
+class ZeroScoreNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 3)
+        with torch.no_grad():
+            self.fc.weight[1].zero_()
+            self.fc.bias[1] = 0.0
+
+    def forward(self, x):
+        return self.fc(self.conv(x).mean(dim=(2, 3)))
+
+
+def test_ablation_with_a_zero_target_score_says_so():
+    exp = Explainer(ZeroScoreNet().eval(), "conv", "ablationcam", progress=False)
+    with pytest.raises(MethodError, match=r"target score .* is exactly 0.*undefined"):
+        exp(torch.randn(1, 3, 8, 8), 1)
+
+
+def test_list_layers_on_a_model_that_cannot_take_the_probe_input():
+    from explainer import list_layers
+
+    model = seeded_model("resnet18")
+    with pytest.raises(InputError, match=r"could not run on a zero probe input of shape \(1, 4, 64, 64\).*input_size="):
+        list_layers(model, (1, 4, 64, 64))
+
+
+def test_default_layer_skips_4d_tensors_that_are_not_maps():
+    """timm's vit_tiny: blocks.11.attn.k_norm is (N, heads, tokens, dim), not a map of the image."""
+    timm = pytest.importorskip("timm")
+    from explainer.layers import default_layer
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False).eval()
+    layer = default_layer(vit)
+    assert layer == "patch_embed.proj"  # the only (N, C, h, w) map of the image; tokens need reshape=
+    assert Explainer(vit, layer)(torch.randn(1, 3, 224, 224)).raw.shape == (1, 14, 14)
+    head_only = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2)).eval()
+    with pytest.raises(LayerShapeError, match=r"no module with a spatial.*reshape='tokens'"):
+        default_layer(head_only, (1, 3, 8, 8))
+    convnet = timm.create_model("resnet18", pretrained=False).eval()
+    assert default_layer(convnet, (1, 3, 64, 64)) == "layer4"
+
+
+def test_a_list_of_class_targets_reports_its_classes(exp):
+    from explainer import ClassTarget
+
+    result = exp(random_input(2, 64), [ClassTarget(281), ClassTarget(3)])
+    assert result.targets.tolist() == [281, 3]
+    assert exp(random_input(2, 64), ClassTarget(281)).targets.tolist() == [281, 281]
+
+
+def test_model_switched_to_training_after_construction_warns():
+    model = seeded_model("resnet18")
+    exp = Explainer(model, "layer4")
+    try:
+        model.train()
+        with pytest.warns(UserWarning, match="training mode: explaining it changes the model"):
+            exp(random_input(2, 64))
+    finally:
+        model.eval()

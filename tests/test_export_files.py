@@ -202,7 +202,9 @@ def test_cpp_caller_matches_python(tmp_path):
         logits = np.fromfile(tmp_path / f"{prefix}.logits.f32", dtype="<f4").reshape(2, 1000)
         assert np.abs(cam - eager.cams.numpy()).max() <= 1e-4
         assert np.abs(logits - eager.logits.numpy()).max() <= 1e-4 * np.abs(eager.logits.numpy()).max()
-        assert f"image 0: class {int(eager.logits[0].argmax())}" in run.stdout
+        explained = target if target is not None else int(eager.logits[0].argmax())
+        assert f"image 0: class {explained}" in run.stdout  # the class the map explains
+        assert "grad mode after a failed call: on" in run.stdout
         assert (tmp_path / f"{prefix}_1.pgm").read_bytes().startswith(b"P5\n224 224\n255\n")
 
 

@@ -109,9 +109,9 @@ def run_parity(model_id: str, method: str, fmt: str, part: str, tmp_path) -> Non
         # ...and through the plain engine, without deploycam's runtime
         if fmt == "onnx":
             session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            feed = {"input" if part == "full" else "activations": inputs.numpy()}
-            if tgt is not None:
-                feed["target"] = tgt.numpy()
+            # target is a real graph input: -1 asks for each image's argmax
+            feed = {"input" if part == "full" else "activations": inputs.numpy(),
+                    "target": np.full(len(inputs), -1, dtype=np.int64) if tgt is None else tgt.numpy()}
             logits, cam = session.run(["logits", "cam"], feed)
         else:
             module = torch.jit.load(str(path))

@@ -142,5 +142,68 @@ def test_road_is_reproducible_and_checks_its_arguments():
     assert torch.equal(first, road(model, x, maps, [0, 0], fractions=(0.3, 0.6), seed=3))
     with pytest.raises(InputError, match="order must be 'morf'"):
         road(model, x, maps, [0, 0], order="most")
-    with pytest.raises(InputError, match=r"fractions must be .* in \[0, 1\]"):
+    with pytest.raises(InputError, match=r"fractions must be .* in \[0, 1\)"):
         road(model, x, maps, [0, 0], fractions=(0.5, 2))
+
+
+# -- defects found probing the landed code (reliability issue) -------------------------------------
+
+
+@pytest.mark.parametrize("metric", ["deletion", "insertion", "road", "average_drop", "increase"])
+def test_minus_one_targets_are_refused_with_what_to_pass(metric):
+    from explainer import TargetError
+    from explainer.metrics import road
+
+    call = {
+        "deletion": lambda t: deletion_auc(SumModel(), IMAGE, MAP, t, steps=4, baseline="zero"),
+        "insertion": lambda t: insertion_auc(SumModel(), IMAGE, MAP, t, steps=4, baseline="zero"),
+        "road": lambda t: road(SumModel(), IMAGE, MAP, t, fractions=(0.5,)),
+        "average_drop": lambda t: average_drop(SumModel(), IMAGE, MAP, t),
+        "increase": lambda t: increase_in_confidence(SumModel(), IMAGE, MAP, t),
+    }[metric]
+    with pytest.raises(TargetError, match=r"-1 is not a class index.*pass the class indices"):
+        call(torch.tensor([-1]))
+    with pytest.raises(TargetError, match=r"target 2 is out of range: the model has 2 classes"):
+        call(torch.tensor([2]))
+
+
+def test_road_refuses_removing_every_pixel():
+    from explainer.metrics import road_curve
+
+    with pytest.raises(InputError, match=r"\[0, 1\)"):
+        road_curve(SumModel(), IMAGE, MAP, [0], fractions=(0.5, 1.0))
+
+
+def test_road_of_an_image_does_not_depend_on_its_batch():
+    from explainer.metrics import road
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+    images, maps = torch.rand(3, 3, 12, 12), torch.rand(3, 12, 12)
+    alone = road(model, images[2:], maps[2:], [1], fractions=(0.3, 0.6))
+    batched = road(model, images, maps, [0, 2, 1], fractions=(0.3, 0.6))
+    assert float(batched[2]) == float(alone[0])
+
+
+def test_average_drop_survives_a_probability_that_underflows_in_float32():
+    class Confident(nn.Module):
+        def forward(self, x):  # class 1 is 200 logits behind: p = e^-200, 0 in float32
+            s = x.sum(dim=(1, 2, 3))
+            return torch.stack([s + 200.0, s], dim=1)
+
+    drop = average_drop(Confident(), IMAGE, MAP, torch.tensor([1]))
+    assert math.isfinite(drop) and drop >= 0.0
+
+
+def test_deletion_builds_at_most_batch_size_images_at_once():
+    seen = []
+
+    class Recording(SumModel):
+        def forward(self, x):
+            seen.append(x.shape[0])
+            return super().forward(x)
+
+    full = deletion_auc(SumModel(), IMAGE, MAP, torch.tensor([0]), steps=4, baseline="zero")
+    chunked = deletion_auc(Recording(), IMAGE, MAP, torch.tensor([0]), steps=4, baseline="zero", batch_size=2)
+    assert max(seen) == 2 and sum(seen) == 5
+    assert float(chunked[0]) == pytest.approx(float(full[0]), rel=1e-12)

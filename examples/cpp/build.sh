@@ -6,6 +6,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-$here/deploycam_cam}"
 py="${PYTHON:-python}"
 T="$("$py" -c 'import os, torch; print(os.path.dirname(torch.__file__))')"
+mkdir -p "$(dirname "$out")"
 abi="$("$py" -c 'import torch; print(int(torch.compiled_with_cxx11_abi()))')"
 "${CXX:-g++}" -std=c++20 -O1 -D_GLIBCXX_USE_CXX11_ABI="$abi" \
   -I"$T/include" -I"$T/include/torch/csrc/api/include" \

@@ -5,7 +5,9 @@
 // INPUT.f32 holds N*C*H*W little-endian float32 values (a preprocessed image batch, NCHW;
 // examples/cpp/prepare_input.py writes one). Writes OUT_PREFIX.cam.f32 (N*H*W float32, the
 // normalised maps in [0, 1]), OUT_PREFIX.logits.f32 (N*K float32), OUT_PREFIX_<n>.pgm (each map
-// as an 8-bit grey picture), and prints "image <n>: class <k>" for each image.
+// as an 8-bit grey picture), and prints "image <n>: class <k>" for each image: the class the map
+// explains (TARGET when given, else the image's top class). It also checks that a call that fails
+// inside the graph (an input with the wrong channel count) leaves grad mode as it was.
 //
 // The graph calls torch.autograd.grad: leave grad mode on (the default). Do NOT run it under
 // c10::InferenceMode or torch::NoGradGuard; it refuses such calls (TorchScript's executor would
@@ -70,7 +72,15 @@ int main(int argc, char** argv) {
 
     write_floats(prefix + ".cam.f32", cam);
     write_floats(prefix + ".logits.f32", logits);
-    auto classes = logits.argmax(1);
+    auto classes = argc > 8 ? torch::full({n}, std::atoll(argv[8]), torch::kLong) : logits.argmax(1);
+
+    // A failing call must not leave grad mode off in this thread (the graph restores it on errors).
+    try {
+      module.forward({torch::zeros({1, c + 1, h, w})});
+    } catch (const std::exception&) {
+    }
+    std::cout << "grad mode after a failed call: " << (torch::GradMode::is_enabled() ? "on" : "off") << "\n";
+    module.forward(args);  // and the next valid call still runs
     for (int64_t i = 0; i < n; ++i) {
       write_pgm(prefix + "_" + std::to_string(i) + ".pgm", cam[i]);
       std::cout << "image " << i << ": class " << classes[i].item<int64_t>() << "\n";

@@ -139,10 +139,12 @@ class Workbench:
         return lambda: explainer(x, targets)
 
     def _torchscript(self, case, model, layer, x, targets):
+        from export.torchscript import script_module
+
         if case.method == "plain":
             key = ("ts-plain", case.model, case.device)
             if key not in self._cache:
-                self._cache[key] = torch.jit.script(fx.symbolic_trace(model))
+                self._cache[key] = script_module(fx.symbolic_trace(model))
             scripted = self._cache[key]
 
             def plain():
@@ -179,7 +181,6 @@ class Workbench:
         options = ort.SessionOptions()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see DESIGN-NOTES
         options.intra_op_num_threads = torch.get_num_threads()
-        options.log_severity_level = 3  # the optional `target` input makes ORT warn at load time
         session = ort.InferenceSession(path, options, providers=[provider])
         feed = {"input": x.cpu().numpy()}
         if case.method != "plain":

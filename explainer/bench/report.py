@@ -6,20 +6,36 @@ import json
 from collections.abc import Sequence
 
 from explainer.bench.runner import Result
+from explainer.timing import NOISY_SPREAD
 
 
 def table(results: Sequence[Result]) -> str:
-    """One line per case: median ms, ratio to the same runtime's floor, speed-up over peers, memory."""
-    lines = [f"{'case':<54} {'median ms':>10} {'x floor':>8} {'peak MB (+)':>12} {'x floor mem':>11}  speed-up vs peers"]
+    """One line per case: median ms, the paired floor's median, their ratio, speed-up over peers, memory.
+
+    ``x floor`` is ``median ms / paired floor ms``, both from the same alternating rounds; a floor
+    row's own ``median ms`` was timed alone and may differ from the paired floors. Rows whose
+    floor spread says the machine was busy are marked ``!`` and counted in a note below.
+    """
+    lines = [f"{'case':<54} {'median ms':>10} {'floor ms':>9} {'x floor':>8} {'peak MB (+)':>12} "
+             f"{'x floor mem':>11}  speed-up vs peers"]
+    noisy = 0
     for r in results:
         if r.unavailable:
             lines.append(f"{r.case.name:<54} {'n/a':>10}   ({r.unavailable})")
             continue
-        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
+        flag = r.floor_spread is not None and r.floor_spread > NOISY_SPREAD
+        noisy += flag
+        ratio = f"{r.ratio:.2f}x" + ("!" if flag else "") if r.ratio is not None else "-"
+        floor = f"{r.floor_ms:.2f}" if r.floor_ms is not None else "-"
         mem = f"{r.memory['delta_mb']:.0f}" if r.memory else "-"
         mem_ratio = f"{r.memory_ratio:.2f}x" if r.memory_ratio is not None else "-"
         peers = ", ".join(f"{p} {s:.1f}x" for p, s in sorted(r.speedups.items()))
-        lines.append(f"{r.case.name:<54} {r.median_ms:>10.2f} {ratio:>8} {mem:>12} {mem_ratio:>11}  {peers}")
+        lines.append(f"{r.case.name:<54} {r.median_ms:>10.2f} {floor:>9} {ratio:>8} {mem:>12} {mem_ratio:>11}  {peers}")
+    lines.append("x floor = median ms / floor ms, both medians of the same alternating rounds (the floor row's own "
+                 "median was timed alone)")
+    if noisy:
+        lines.append(f"! {noisy} row(s): the floor's spread exceeded {NOISY_SPREAD:.0%} of its median: the machine "
+                     "was busy and those ratios are unreliable; rerun on a quiet machine")
     return "\n".join(lines)
 
 

@@ -2,25 +2,27 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 import torch
 
 from explainer.bench.cases import OWN_RUNTIMES, Case, Unavailable, Workbench
+from explainer.timing import median_ms, paired_ms
 
 
 @dataclass
 class Result:
-    """One timed case. ``ratio`` is to its floor measured in the same run; ``memory`` in MB."""
+    """One timed case. ``ratio`` is ``median_ms / floor_ms``, both medians of the same alternating
+    rounds (``floor_ms`` is the paired floor, not the floor row's own median); ``floor_spread`` is the
+    floor's interquartile range over its median in those rounds; ``memory`` in MB."""
 
     case: Case
     median_ms: float | None = None
     samples: int = 0
     floor_ms: float | None = None
     ratio: float | None = None
+    floor_spread: float | None = None
     memory: dict | None = None
     memory_ratio: float | None = None
     speedups: dict[str, float] = field(default_factory=dict)  # peer runtime -> peer_ms / ours
@@ -31,33 +33,6 @@ class Result:
         data["case"] = self.case.to_dict()
         data["name"] = self.case.name
         return data
-
-
-def median_time_ms(fn: Callable[[], object], rounds: int, warmup: int) -> float:
-    """Median wall time of ``fn`` in ms (the case's callable synchronises CUDA itself)."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(samples)
-
-
-def interleaved_ms(fn: Callable[[], object], floor: Callable[[], object], rounds: int,
-                   warmup: int) -> tuple[float, float]:
-    """Medians (case, floor) in ms, timed in alternating rounds so drift hits both alike."""
-    for _ in range(warmup):
-        floor()
-        fn()
-    case_samples, floor_samples = [], []
-    for _ in range(rounds):
-        for target, samples in ((floor, floor_samples), (fn, case_samples)):
-            start = time.perf_counter()
-            target()
-            samples.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(case_samples), statistics.median(floor_samples)
 
 
 def run_cases(cases: Iterable[Case], workbench: Workbench, rounds: int = 10, warmup: int = 2,
@@ -78,11 +53,12 @@ def run_cases(cases: Iterable[Case], workbench: Workbench, rounds: int = 10, war
             fn = workbench.callable(case)
             if case.method == "plain":
                 floors[case] = fn
-                result.median_ms = median_time_ms(fn, rounds, warmup)
+                result.median_ms = median_ms(fn, warmup, rounds)
             else:
                 floor = floors.get(case.floor) or workbench.callable(case.floor)
-                result.median_ms, result.floor_ms = interleaved_ms(fn, floor, rounds, warmup)
-                result.ratio = result.median_ms / result.floor_ms
+                paired = paired_ms(fn, floor, rounds, warmup)
+                result.median_ms, result.floor_ms, result.ratio = paired.case_ms, paired.floor_ms, paired.ratio
+                result.floor_spread = paired.floor_spread
             result.samples = rounds
             if memory:
                 from explainer.bench.memory import measure

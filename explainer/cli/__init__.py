@@ -1,4 +1,11 @@
-"""The ``deploycam`` command line: ``explain``, ``export``, ``layers``, ``models``, ``demo``, ``evaluate``, ``bench``."""
+"""The ``deploycam`` command line: ``explain``, ``export``, ``layers``, ``models``, ``methods``, ``demo``,
+``evaluate``, ``bench``.
+
+Exit codes: 0 success; 1 some inputs could not be read (reported and skipped, the others done);
+2 bad arguments or input (a one-line message, checked before the work wherever it can be, and then
+nothing is written). The sub-command modules import torch only inside their ``run`` functions, so
+``deploycam --help`` starts in well under a second.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deploycam",
         description="Hook-free Grad-CAM-family explanations for PyTorch CNNs.",
+        epilog="exit codes: 0 ok, 1 some inputs unreadable (skipped), 2 bad arguments or input",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in _COMMANDS:

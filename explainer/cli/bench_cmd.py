@@ -7,17 +7,18 @@ import os
 import sys
 import tempfile
 
-import torch
+from explainer.cli.args import check_device, check_output_dir, check_positive
 
-from explainer.bench.cases import MODELS, all_cases
-from explainer.errors import InputError
+#: the models --models accepts: explainer.bench.cases.MODELS's keys, listed here so --help needs no torch
+#: (tests/test_bench.py checks the two agree)
+BENCH_MODELS = ("resnet50", "mobilenet_v3_large", "vgg16", "efficientnet-lite0")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="time explanations against plain inference and peer libraries")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--models", nargs="+", default=None, choices=list(MODELS), metavar="MODEL",
-                   help=f"models to run (default all: {', '.join(MODELS)})")
+    p.add_argument("--models", nargs="+", default=None, choices=BENCH_MODELS, metavar="MODEL",
+                   help=f"models to run (default all: {', '.join(BENCH_MODELS)})")
     p.add_argument("--batches", nargs="+", type=int, default=None, help="batch sizes (default 1 8)")
     p.add_argument("--quick", action="store_true",
                    help="EfficientNet-Lite0 and ResNet-50, batch 1, fewer rounds, no memory (about 2 minutes on 2 cores)")
@@ -30,17 +31,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from explainer.bench import report
-    from explainer.bench.cases import Workbench
-    from explainer.bench.runner import environment, run_cases
+    for batch in args.batches or ():
+        check_positive("--batches", batch)
+    check_positive("--rounds", args.rounds)
+    check_output_dir(args.out)
+    if args.workdir:
+        check_output_dir(args.workdir)
+    device = check_device(args.device)
 
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda asked for, but torch sees no CUDA device")
+    from explainer.bench import report
+    from explainer.bench.cases import MODELS, Workbench, all_cases
+    from explainer.bench.runner import environment, run_cases
     models = args.models or (["efficientnet-lite0", "resnet50"] if args.quick else list(MODELS))
     batches = args.batches or ([1] if args.quick else [1, 8])
     rounds = args.rounds or (5 if args.quick else 15)
     memory = not (args.no_memory or args.quick)
-    cases = all_cases(models, batches, [args.device], peers=not args.no_peers)
+    cases = all_cases(models, batches, [device], peers=not args.no_peers)
     env = environment()
     print(f"{len(cases)} cases, {rounds} rounds each, torch {env['torch']}, {env['threads']} threads, "
           f"{env.get('gpu', env['cpu'])}", file=sys.stderr)

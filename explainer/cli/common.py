@@ -1,11 +1,13 @@
-"""Arguments and steps shared by the sub-commands."""
+"""Steps shared by the sub-commands (imported by their ``run`` functions: this module loads torch)."""
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,32 +17,8 @@ from explainer.core import Explainer
 from explainer.explanation import Explanation
 from explainer.imaging import IMAGE_SUFFIXES, Preprocess
 from explainer.labels import label_of
-from explainer.methods import METHODS
-from explainer.models import DEFAULT_MODEL, LoadedModel, load_model
-from explainer.overlay import COLORMAPS, make_grid, overlay, save_png
-
-
-def add_model_args(parser: argparse.ArgumentParser, with_method: bool = True) -> None:
-    """--model, --weights, --layer (and --method) options."""
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help=f"model name (default {DEFAULT_MODEL}, real ImageNet weights; `deploycam models` lists all)")
-    parser.add_argument("--weights", default=None,
-                        help="state_dict file for the model (torchvision models are random without it)")
-    parser.add_argument("--layer", default=None, help="target layer (default: the model's last conv block)")
-    parser.add_argument("--reshape", default=None, choices=("tokens", "channels_last"),
-                        help="lay a transformer layer's output out as a map: tokens (ViT, (N, tokens, C)) or "
-                             "channels_last (Swin, (N, h, w, C)); default: the model's own (vit_*/swin_* known)")
-    if with_method:
-        parser.add_argument("--method", default="gradcam", choices=list(METHODS), help="CAM method (default gradcam)")
-
-
-def add_picture_args(parser: argparse.ArgumentParser) -> None:
-    """--resize, --colormap, --alpha options."""
-    parser.add_argument("--resize", default="crop", choices=("crop", "squash"),
-                        help="crop: short side 256 then centre 224 (torchvision); squash: whole image to 224")
-    parser.add_argument("--colormap", default="jet", choices=sorted(COLORMAPS), metavar="NAME",
-                        help="OpenCV colour map (jet, turbo, viridis, ...)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="heat-map weight in the overlay, 0..1")
+from explainer.models import LoadedModel, load_model
+from explainer.overlay import make_grid, overlay, save_png
 
 
 def model_from_args(args: argparse.Namespace, quiet: bool = False) -> LoadedModel:
@@ -53,19 +31,57 @@ def model_from_args(args: argparse.Namespace, quiet: bool = False) -> LoadedMode
 
 
 def iter_image_paths(paths: Sequence[str]) -> Iterator[str]:
-    """Each file given, and the image files (by suffix) directly inside each directory given, sorted."""
+    """Each file given, and the image files (by suffix) directly inside each directory given, sorted;
+    a file reached twice (given twice, or also inside a directory given) comes once."""
+    seen: set[str] = set()
     for path in paths:
-        if os.path.isdir(path):
-            for name in sorted(os.listdir(path)):
-                if name.lower().endswith(IMAGE_SUFFIXES):
-                    yield os.path.join(path, name)
-        else:
-            yield path
+        found = ([os.path.join(path, name) for name in sorted(os.listdir(path)) if name.lower().endswith(IMAGE_SUFFIXES)]
+                 if os.path.isdir(path) else [path])
+        for file in found:
+            key = os.path.realpath(file)
+            if key not in seen:
+                seen.add(key)
+                yield file
+
+
+def output_stems(paths: Sequence[str]) -> dict[str, str]:
+    """A distinct output stem per input path, so outputs never overwrite each other.
+
+    The file's name without suffix (``cat``); inputs that share one get their path relative to
+    the folder they share (``sub/cat``), then their suffix where that still clashes
+    (``cat-png``, ``cat-jpg``), then a number.
+    """
+    def split(names: dict[str, str], rename) -> dict[str, str]:
+        counts = Counter(names.values())
+        return {p: rename(p, stem) if counts[stem] > 1 else stem for p, stem in names.items()}
+
+    absolute = {p: os.path.abspath(p) for p in paths}
+    stems = {p: os.path.splitext(os.path.basename(a))[0] for p, a in absolute.items()}
+    clashing = [p for p, stem in stems.items() if Counter(stems.values())[stem] > 1]
+    root = os.path.commonpath([os.path.dirname(absolute[p]) for p in clashing]) if clashing else ""
+    stems = split(stems, lambda p, stem: os.path.splitext(os.path.relpath(absolute[p], root))[0])
+    stems = split(stems, lambda p, stem: f"{stem}-{os.path.splitext(p)[1].lstrip('.').lower() or 'noext'}")
+    result: dict[str, str] = {}
+    for path, stem in stems.items():
+        unique, n = stem, 2
+        while unique in result.values():
+            unique, n = f"{stem}-{n}", n + 1
+        result[path] = unique
+    return result
+
+
+def existing_outputs(out_dir: str, stems: Iterable[str], method: str) -> list[str]:
+    """Files in ``out_dir`` that explaining ``stems`` with ``method`` would write over."""
+    found = []
+    for stem in stems:
+        pattern = os.path.join(glob.escape(out_dir), f"{glob.escape(stem)}_*_{glob.escape(method)}.png")
+        found += sorted(glob.glob(pattern))
+    return found
 
 
 @dataclass(frozen=True)
 class ImageResult:
-    """What was found for one image: the top classes and the PNGs written."""
+    """What was found for one image: the top classes and the PNGs written (paths on disk)."""
 
     name: str
     classes: list[tuple[int, str, float]]  # (class id, label, probability), best first among the targets
@@ -85,11 +101,13 @@ def explain_batch(
     device: str = "cpu",
     aug_smooth: bool = False,
     eigen_smooth: bool = False,
+    stems: Sequence[str] | None = None,
 ) -> list[ImageResult]:
     """Explain a batch of RGB images, write one overlay PNG per image and class (+ a grid when several).
 
     ``explainer`` is an :class:`Explainer` or a runtime from :func:`export.load` (same call).
-    Returns one :class:`ImageResult` per image.
+    Files are ``{stem}_{class}_{method}.png`` under ``out_dir`` (``stems`` default to the names'
+    base names; a stem with folders writes into sub-folders). Returns one :class:`ImageResult` per image.
     """
     tensors, views = zip(*(preprocess(image) for image in images))
     x = torch.stack(tensors).to(device)
@@ -102,19 +120,21 @@ def explain_batch(
     targets = result.targets.cpu().reshape(len(images), -1)
     cams = result.cams.cpu().reshape(len(images), targets.shape[1], *result.cams.shape[-2:])
     num_classes = probs.shape[1]
+    stems = list(stems) if stems is not None else [os.path.splitext(os.path.basename(n))[0] for n in names]
     out = []
-    for i, (name, view) in enumerate(zip(names, views)):
-        stem = os.path.splitext(os.path.basename(name))[0]
+    for i, (name, stem, view) in enumerate(zip(names, stems, views)):
+        base = os.path.join(out_dir, stem)
+        os.makedirs(os.path.dirname(base), exist_ok=True)
         found, files, titles = [], [], []
         for k, cls in enumerate(targets[i].tolist()):
             label, p = label_of(cls, num_classes), float(probs[i, cls])
             found.append((cls, label, p))
-            path = os.path.join(out_dir, f"{stem}_{cls}_{result.method}.png")
+            path = f"{base}_{cls}_{result.method}.png"
             save_png(path, overlay(view, cams[i, k], colormap, alpha))
             files.append(path)
             titles.append(f"{cls} {label} {p:.2f}")
         if len(found) > 1:
-            path = os.path.join(out_dir, f"{stem}_grid_{result.method}.png")
+            path = f"{base}_grid_{result.method}.png"
             save_png(path, make_grid(view, list(cams[i]), titles, colormap, alpha))
             files.append(path)
         out.append(ImageResult(name, found, files))

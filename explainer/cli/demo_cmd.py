@@ -6,17 +6,7 @@ import argparse
 import os
 import time
 
-import numpy as np
-import torch
-
-from explainer.cli.common import add_picture_args, explain_batch, format_classes
-from explainer.core import Explainer
-from explainer.imaging import Preprocess, sample_images
-from explainer.labels import label_of
-from explainer.methods import METHODS
-from explainer.models import load_model
-from explainer.overlay import make_grid, save_png
-from explainer.timing import median_ms
+from explainer.cli.args import add_picture_args, check_alpha, check_output_dir, check_positive
 
 CAT, ESPRESSO = 285, 967
 
@@ -24,14 +14,32 @@ CAT, ESPRESSO = 285, 967
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="explain the bundled photos with the bundled EfficientNet-Lite0, time it")
     p.add_argument("--out", default="deploycam-demo", help="directory for the PNGs (default ./deploycam-demo)")
-    p.add_argument("--repeat", type=int, default=15, help="timed runs per latency row (median reported)")
+    p.add_argument("--repeat", type=int, default=15,
+                   help="timed rounds per latency row, each alternating with plain inference (medians reported)")
     p.add_argument("--no-export", action="store_true", help="skip the ONNX/TorchScript export and their timings")
     add_picture_args(p)
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """The bundled model on the bundled photos: PNGs, export check, latency table. Exit 0, or 2 for bad arguments."""
+    check_positive("--repeat", args.repeat)
+    check_alpha(args.alpha)
+    check_output_dir(args.out)
     t0 = time.perf_counter()
+
+    import numpy as np
+    import torch
+
+    from explainer.cli.common import explain_batch, format_classes
+    from explainer.core import Explainer
+    from explainer.imaging import Preprocess, sample_images
+    from explainer.labels import label_of
+    from explainer.methods import METHODS
+    from explainer.models import load_model
+    from explainer.overlay import make_grid, save_png
+    from explainer.timing import NOISY_SPREAD, paired_ms
+
     loaded = load_model("efficientnet-lite0")
     model = loaded.model
     print(f"model: {loaded.name} ({loaded.weights}), target layer {loaded.layer!r}")
@@ -64,41 +72,49 @@ def run(args: argparse.Namespace) -> int:
     batch = torch.stack([preprocess(photos["chelsea"])[0]])
     runtimes = {} if args.no_export else _export(explainer, model, loaded.name, batch, args.out)
 
-    # 4. Latency: each method against a plain inference_mode forward, same run, batch 1.
-    print(f"\nlatency, {loaded.name} @ {loaded.layer}, batch 1, 224x224, CPU, "
-          f"{torch.get_num_threads()} threads (median of {args.repeat}; ratio to the same runtime's plain inference):")
+    # 4. Latency: each method against a plain inference_mode forward, timed in alternating rounds.
+    print(f"\nlatency, {loaded.name} @ {loaded.layer}, batch 1, 224x224, CPU, {torch.get_num_threads()} threads "
+          f"(medians of {args.repeat} rounds, each case alternating with its runtime's plain inference; "
+          "ratio = case / that paired plain median):")
 
     def plain() -> None:
         with torch.inference_mode():
             model(batch)
 
-    floor = median_ms(plain, repeat=args.repeat)
-    print(f"  {'eager plain inference':<34} {floor:8.2f} ms   1.00x")
+    rows = []
     for name, spec in METHODS.items():
         if spec.requires_linear_head or name == "scorecam":
             continue  # cam: needs a pooling + linear head; scorecam: 1280 model forwards, seconds per image
         method = explainer.with_method(name)
-        repeat = args.repeat if spec.perturbation is None else max(2, args.repeat // 5)
-        ms = median_ms(lambda: method(batch), repeat=repeat, warmup=3 if spec.perturbation is None else 1)
-        print(f"  {'eager ' + name:<34} {ms:8.2f} ms   {ms / floor:.2f}x")
+        slow = spec.perturbation is not None
+        rows.append((f"eager {name}", paired_ms(lambda: method(batch), plain, max(2, args.repeat // 5) if slow
+                                                else args.repeat, warmup=1 if slow else 2)))
     if runtimes:
         plain_ort, ort_cam, ts_cam = runtimes["plain"], runtimes["onnx"], runtimes["torchscript"]
         feed = {"input": batch.numpy()}
-        ort_floor = median_ms(lambda: plain_ort.run(None, feed), repeat=args.repeat)
-        ort_ms = median_ms(lambda: ort_cam(batch), repeat=args.repeat)
-        ts_ms = median_ms(lambda: ts_cam(batch), repeat=args.repeat)
-        print(f"  {'onnxruntime plain inference':<34} {ort_floor:8.2f} ms   1.00x")
-        print(f"  {'onnxruntime gradcam (full graph)':<34} {ort_ms:8.2f} ms   {ort_ms / ort_floor:.2f}x")
-        print(f"  {'torchscript gradcam (full graph)':<34} {ts_ms:8.2f} ms   {ts_ms / floor:.2f}x (vs eager plain)")
+        rows.append(("onnxruntime gradcam (full graph)",
+                     paired_ms(lambda: ort_cam(batch), lambda: plain_ort.run(None, feed), args.repeat)))
+        rows.append(("torchscript gradcam (full graph)", paired_ms(lambda: ts_cam(batch), plain, args.repeat)))
+    print(f"  {'case':<34} {'ms':>8} {'plain ms':>9}  ratio")
+    for label, timing in rows:
+        print(f"  {label:<34} {timing.case_ms:8.2f} {timing.floor_ms:9.2f}  {timing.ratio:.2f}x"
+              + ("  ! busy" if timing.noisy else ""))
+    noisy = sum(timing.noisy for _, timing in rows)
+    if noisy:
+        print(f"  ! {noisy} row(s): plain inference varied by more than {NOISY_SPREAD:.0%} between rounds: the machine "
+              "is busy and those ratios are unreliable; rerun `deploycam demo --no-export` on a quiet machine")
     print(f"\ndemo done in {time.perf_counter() - t0:.1f} s")
     return 0
 
 
-def _export(explainer: Explainer, model: torch.nn.Module, name: str, batch: torch.Tensor, out: str) -> dict:
-    """Write the gradcam graph as ONNX and TorchScript plus the plain model as ONNX; check them."""
+def _export(explainer, model, name: str, batch, out: str) -> dict:
+    """Write the gradcam graph as ONNX and TorchScript plus the plain model as ONNX; check them.
+
+    ``explainer``: the gradcam :class:`~explainer.core.Explainer`; ``batch``: ``(1, 3, 224, 224)``.
+    """
     import onnxruntime as ort
 
-    from export import load, model_to_onnx, to_onnx, to_torchscript
+    from export import compare, load, model_to_onnx, to_onnx, to_torchscript
 
     example = batch.expand(2, -1, -1, -1).contiguous()
     paths = {fmt: os.path.join(out, f"{name}_gradcam.{ext}") for fmt, ext in (("onnx", "onnx"), ("torchscript", "pt"))}
@@ -109,13 +125,11 @@ def _export(explainer: Explainer, model: torch.nn.Module, name: str, batch: torc
     model_to_onnx(model, plain_path, example)
     print(f"\nexported in {time.perf_counter() - start:.1f} s: {paths['onnx']}, {paths['torchscript']} "
           f"(and the plain model, {plain_path})")
-    eager = explainer(batch)
     runtimes = {}
     for fmt, path in paths.items():
         rt = load(path, spin=False)
-        got = rt(batch)
-        diff = float((got.cams - eager.cams).abs().max())
-        print(f"  {rt.backend:<34} class {int(got.targets[0])}, max |cam - eager| = {diff:.1e}")
+        check = compare(explainer, rt, batch)
+        print(f"  {rt.backend:<34} same class as eager: {check.same_classes}, max |cam - eager| = {check.max_diff:.1e}")
         runtimes[fmt] = rt
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

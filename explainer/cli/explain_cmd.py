@@ -6,19 +6,15 @@ import argparse
 import os
 import sys
 
-from tqdm import tqdm
-
-from explainer.cli.common import (
+from explainer.cli.args import (
     add_model_args,
     add_picture_args,
-    explain_batch,
-    format_classes,
-    iter_image_paths,
-    model_from_args,
+    check_alpha,
+    check_device,
+    check_output_dir,
+    check_positive,
 )
-from explainer.core import Explainer
 from explainer.errors import InputError
-from explainer.imaging import Preprocess, load_image
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,9 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     target.add_argument("--class", dest="classes", type=int, nargs="+", metavar="K",
                         help="explain these class indices (default: the top class)")
     target.add_argument("--topk", type=int, default=1, help="explain each image's top-k classes (default 1)")
-    p.add_argument("--out", default="deploycam-out", help="directory for the PNGs (default ./deploycam-out)")
+    p.add_argument("--out", default="deploycam-out",
+                   help="directory for the PNGs (default ./deploycam-out); inputs from several folders keep "
+                        "their relative paths, so no two outputs share a name")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace PNGs an earlier run left in --out (by default the run stops before any work)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--aug-smooth", action="store_true",
                    help="average over flips and intensity changes (6x the cost; eager only)")
     p.add_argument("--eigen-smooth", action="store_true",
@@ -44,32 +44,59 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    if args.topk < 1:
-        raise InputError(f"--topk must be at least 1, got {args.topk}")
+    """Exit 0 when every image was explained, 1 when some could not be read (they are reported and
+    skipped), 2 for bad arguments (checked before any work; nothing is written)."""
+    check_positive("--batch-size", args.batch_size)
+    check_positive("--topk", args.topk)
+    check_alpha(args.alpha)
+    check_output_dir(args.out)
+    if args.runtime and (args.aug_smooth or args.eigen_smooth):
+        raise InputError("--aug-smooth/--eigen-smooth are for the eager explainer; exported graphs compute one map")
+
+    from tqdm import tqdm
+
+    from explainer.cli.common import (
+        existing_outputs,
+        explain_batch,
+        format_classes,
+        iter_image_paths,
+        model_from_args,
+        output_stems,
+    )
+    from explainer.core import Explainer
+    from explainer.imaging import Preprocess, load_image
+    from explainer.methods import get_method
+
+    device = check_device(args.device)
     paths = list(iter_image_paths(args.paths))
     if not paths:
         raise InputError(f"no image files found in {', '.join(args.paths)}")
     if args.runtime:
         from export import load
 
-        if args.aug_smooth or args.eigen_smooth:
-            raise InputError("--aug-smooth/--eigen-smooth are for the eager explainer; exported graphs compute one map")
-        explainer = load(args.runtime, device=args.device)
+        explainer = load(args.runtime, device=device)
         if explainer.info.part != "full":
             raise InputError(f"{args.runtime} is a part={explainer.info.part!r} graph; explaining images needs part='full'")
+        method = explainer.info.method
         what = f"{explainer.info.method} at {explainer.info.layer}, {explainer.backend}"
     else:
+        method = get_method(args.method).name  # an unknown name fails here, before the model loads
+    stems = output_stems(paths)
+    clashes = existing_outputs(args.out, stems.values(), method)
+    if clashes and not args.overwrite:
+        shown = ", ".join(clashes[:3]) + (f" and {len(clashes) - 3} more" if len(clashes) > 3 else "")
+        raise InputError(f"{len(clashes)} file(s) in {args.out} would be overwritten ({shown}); "
+                         "pass --overwrite, or another --out")
+    if not args.runtime:
         loaded = model_from_args(args)
-        explainer = Explainer(loaded.model.to(args.device), args.layer or loaded.layer, args.method,
+        explainer = Explainer(loaded.model.to(device), args.layer or loaded.layer, method,
                               reshape=args.reshape or loaded.reshape)
         what = f"{explainer.method.name} at {explainer.layer} of {loaded.name}"
     preprocess = Preprocess(resize=args.resize)
     os.makedirs(args.out, exist_ok=True)
 
     failures = 0
-    written = 0
+    written: set[str] = set()
     with tqdm(total=len(paths), unit="img", desc="explain", file=sys.stderr) as bar:
         for start in range(0, len(paths), args.batch_size):
             names, images = [], []
@@ -79,19 +106,19 @@ def run(args: argparse.Namespace) -> int:
                     names.append(path)
                 except (FileNotFoundError, InputError) as exc:
                     failures += 1
-                    tqdm.write(f"error: {exc}", file=sys.stderr)
+                    tqdm.write(f"error: {exc} (skipped)", file=sys.stderr)
                     bar.update(1)
             if not images:
                 continue
             results = explain_batch(explainer, names, images, preprocess, args.out, args.classes,
-                                    args.topk, args.colormap, args.alpha, args.device, args.aug_smooth,
-                                    args.eigen_smooth)
+                                    args.topk, args.colormap, args.alpha, device, args.aug_smooth,
+                                    args.eigen_smooth, stems=[stems[n] for n in names])
             for r in results:
                 tqdm.write(f"{r.name}: {format_classes(r.classes)}")
-                written += len(r.files)
+                written.update(f for f in r.files if os.path.isfile(f))
             bar.update(len(images))
-    print(f"wrote {written} PNG(s) to {args.out} ({what})")
+    print(f"wrote {len(written)} PNG(s) to {args.out} ({what})")
     if failures:
-        print(f"{failures} of {len(paths)} image(s) could not be read", file=sys.stderr)
+        print(f"{failures} of {len(paths)} image(s) could not be read and were skipped", file=sys.stderr)
         return 1
     return 0

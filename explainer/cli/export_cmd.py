@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import time
 
-import torch
-
-from explainer.cli.common import add_model_args, model_from_args
-from explainer.core import Explainer
+from explainer.cli.args import add_model_args, check_output_file, check_positive
 from explainer.errors import DeployCamError, InputError
-from explainer.postprocess import normalize_maps
+
+SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pth": "torchscript"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,45 +22,64 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="full: image -> logits, cam; head: layer activations -> logits, cam")
     p.add_argument("--out", required=True, help="output file (.onnx or .pt)")
     p.add_argument("--size", type=int, default=224, help="input image size the graph is made for (default 224)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
-    p.add_argument("--static-batch", action="store_true", help="fix the batch size (ONNX; default dynamic)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset, 18 to 23 (default: the exporter's)")
+    p.add_argument("--static-batch", type=int, default=None, metavar="N",
+                   help="fix the batch size to N (ONNX; default dynamic)")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with eager PyTorch")
     p.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from export import load, to_onnx, to_torchscript
+def _step(message: str) -> float:
+    print(f"  {message}...", file=sys.stderr, flush=True)
+    return time.perf_counter()
 
-    fmt = args.format or ("onnx" if args.out.endswith(".onnx") else "torchscript" if args.out.endswith(
-        (".pt", ".ts", ".pth")) else None)
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 when the file is written (and matches eager), 2 for bad arguments (checked before any work)
+    or a file that does not match."""
+    fmt = args.format or SUFFIXES.get(os.path.splitext(args.out)[1].lower())
     if fmt is None:
         raise InputError(f"cannot tell the format from {args.out!r}: pass --format onnx|torchscript")
+    check_positive("--size", args.size)
+    check_positive("--static-batch", args.static_batch)
+    if fmt == "torchscript" and (args.opset is not None or args.static_batch is not None):
+        raise InputError("--opset and --static-batch are ONNX options; TorchScript graphs take any batch")
+    if args.opset is not None and not 18 <= args.opset <= 23:
+        raise InputError(f"--opset must be between 18 and 23, got {args.opset}")
+    check_output_file(args.out)
+
+    start = _step(f"loading {args.model}")
+    import torch
+
+    from explainer.cli.common import model_from_args
+    from explainer.core import Explainer
+    from explainer.methods import get_method
+    from export import compare, load, to_onnx, to_torchscript
+
+    method = get_method(args.method)
     loaded = model_from_args(args)
-    explainer = Explainer(loaded.model, args.layer or loaded.layer, args.method, reshape=args.reshape or loaded.reshape)
+    explainer = Explainer(loaded.model, args.layer or loaded.layer, method, reshape=args.reshape or loaded.reshape)
     gen = torch.Generator().manual_seed(0)
-    example = torch.randn(2, 3, args.size, args.size, generator=gen)
-    parent = os.path.dirname(os.path.abspath(args.out))
-    os.makedirs(parent, exist_ok=True)
+    example = torch.randn(args.static_batch or 2, 3, args.size, args.size, generator=gen)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    _step(f"tracing and writing the {fmt} graph of {method.name} at {explainer.layer} (10-60 s)")
     if fmt == "onnx":
         info = to_onnx(explainer, args.out, example, part=args.part, opset=args.opset,
-                       dynamic_batch=not args.static_batch)
+                       dynamic_batch=args.static_batch is None)
     else:
         info = to_torchscript(explainer, args.out, example, part=args.part)
     size_mb = os.path.getsize(args.out) / 2**20
+    batch = f"batch {args.static_batch}" if args.static_batch else "dynamic batch"
     print(f"wrote {args.out} ({fmt}, part={info.part}, {info.method} at {info.layer}, "
-          f"input (N, {', '.join(map(str, info.input_shape))}), {size_mb:.1f} MB)")
+          f"input (N, {', '.join(map(str, info.input_shape))}), {batch}, {size_mb:.1f} MB, "
+          f"{time.perf_counter() - start:.0f} s)")
     if args.no_check:
         return 0
-    fresh = torch.randn(3, 3, args.size, args.size, generator=gen)
-    eager = explainer(fresh)
-    runtime = load(args.out)
-    inputs = fresh if args.part == "full" else explainer.backbone(fresh)[0].detach()
-    exported = runtime(inputs)
-    reference = eager.cams if args.part == "full" else normalize_maps(eager.raw)
-    diff = float((exported.cams - reference).abs().max())
-    same = bool(torch.equal(exported.targets, eager.targets))
-    print(f"check on a fresh batch of 3 ({runtime.backend}): max |cam - eager| = {diff:.2e}, "
-          f"same predicted classes: {same}")
-    if diff > 1e-4 or not same:
-        raise DeployCamError("the exported graph does not match eager PyTorch (max diff > 1e-4)")
+    _step("comparing with eager PyTorch on a fresh batch")
+    fresh = torch.randn(args.static_batch or 3, 3, args.size, args.size, generator=gen)
+    result = compare(explainer, load(args.out), fresh)
+    print(f"check on a fresh batch of {len(fresh)} ({result.backend}): max |cam - eager| = {result.max_diff:.2e}, "
+          f"same predicted classes: {result.same_classes}")
+    if not result.ok:
+        raise DeployCamError("the exported graph does not match eager PyTorch (max diff > 1e-4 or other classes)")
     return 0

@@ -1,12 +1,10 @@
-"""``deploycam layers`` and ``deploycam models``: what can be explained, and where."""
+"""``deploycam layers``, ``deploycam models`` and ``deploycam methods``: what can be explained, where, and how."""
 
 from __future__ import annotations
 
 import argparse
 
-from explainer.cli.common import add_model_args, model_from_args
-from explainer.layers import list_layers
-from explainer.models import available_models
+from explainer.cli.args import add_model_args, check_positive
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,9 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run_layers)
     m = sub.add_parser("models", help="list the model names --model accepts")
     m.set_defaults(run=run_models)
+    methods = sub.add_parser("methods", help="list the CAM methods --method accepts")
+    methods.set_defaults(run=run_methods)
 
 
 def run_layers(args: argparse.Namespace) -> int:
+    check_positive("--size", args.size)
+    from explainer.cli.common import model_from_args
+    from explainer.layers import list_layers
+
     loaded = model_from_args(args, quiet=True)
     rows = list_layers(loaded.model, (1, 3, args.size, args.size), nodes=args.nodes)
     shown = [r for r in rows if args.all or r.is_spatial]
@@ -35,6 +39,17 @@ def run_layers(args: argparse.Namespace) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
+    from explainer.models import available_models
+
     for name in available_models():
         print(name + ("  (ImageNet weights bundled)" if name == "efficientnet-lite0" else ""))
+    return 0
+
+
+def run_methods(args: argparse.Namespace) -> int:
+    from explainer.methods import METHODS
+
+    width = max(len(name) for name in METHODS)
+    for name, method in METHODS.items():
+        print(f"{name:<{width}}  {method.summary}")
     return 0

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from explainer.errors import MethodError
 from explainer.methods.base import CamMethod, Probe, perturbation_only
 
 
@@ -37,6 +38,13 @@ def ablationcam_weights(activations: Tensor, probe: Probe) -> Tensor:
     """Ablation-CAM channel weights ``(N, K, C)`` for activations ``(N, C, h, w)``."""
     with torch.no_grad():
         base = probe.score(probe.head(activations.clone(), *probe.skips), None)  # (N, K)
+        zero = (base == 0).nonzero()
+        if len(zero):
+            n, k = (int(v) for v in zero[0])
+            raise MethodError(
+                f"image {n}'s target score (target {k}) is exactly 0, so Ablation-CAM's weights "
+                "(S - S_c) / S are undefined; explain another class, or use scorecam or a gradient method"
+            )
         ablated = ablation_scores(activations, probe)
         return (base[:, :, None] - ablated) / base[:, :, None]
 
