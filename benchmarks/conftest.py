@@ -15,7 +15,7 @@ import tempfile
 import pytest
 import torch
 
-from explainer.bench.cases import MODELS, Workbench
+from deploycam.bench.cases import MODELS, Workbench
 
 _RESULTS: dict = {}
 
@@ -30,7 +30,7 @@ def pytest_addoption(parser):
 
 def pytest_generate_tests(metafunc):
     if "case" in metafunc.fixturenames:
-        from explainer.bench.cases import all_cases
+        from deploycam.bench.cases import all_cases
 
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         cases = all_cases(metafunc.config.getoption("--bench-models"), metafunc.config.getoption("--bench-batches"),
@@ -51,8 +51,8 @@ def results():
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not _RESULTS:
         return
-    from explainer.bench import report
-    from explainer.bench.runner import _relate, environment
+    from deploycam.bench import report
+    from deploycam.bench.runner import _relate, environment
 
     _relate(_RESULTS)
     env = environment()

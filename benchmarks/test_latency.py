@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-import pytest
-from explainer.bench.cases import Unavailable
-from explainer.bench.runner import Result
+from deploycam.bench.cases import Unavailable
+from deploycam.bench.runner import Result
 
 
 def test_case(benchmark, case, workbench, results, request):
@@ -25,12 +25,12 @@ def test_case(benchmark, case, workbench, results, request):
         benchmark.extra_info["floor_ms"] = floor.median_ms
         benchmark.extra_info["ratio_to_floor"] = result.median_ms / floor.median_ms
     if not request.config.getoption("--no-bench-memory") and case.device == "cpu":
-        from explainer.bench.memory import measure
+        from deploycam.bench.memory import measure
 
         result.memory = measure(workbench.workdir, case)
         benchmark.extra_info["peak_rss_delta_mb"] = result.memory["delta_mb"] if result.memory else None
     elif case.device.startswith("cuda"):
-        from explainer.bench.memory import measure_here
+        from deploycam.bench.memory import measure_here
 
         result.memory = measure_here(workbench.workdir, case)
         benchmark.extra_info["cuda_max_allocated_delta_mb"] = result.memory["delta_mb"]

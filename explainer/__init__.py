@@ -26,8 +26,8 @@ _EXPORTS = {
     "list_layers": "explainer.layers", "LayerInfo": "explainer.layers",
     "split_model": "explainer.split", "SplitModel": "explainer.split",
     "normalize_maps": "explainer.postprocess", "upsample_maps": "explainer.postprocess",
-    "Target": "explainer.target_functions", "ClassTarget": "explainer.target_functions",
-    "SegmentationTarget": "explainer.target_functions", "SimilarityTarget": "explainer.target_functions",
+    "Target": "explainer.targets", "ClassTarget": "explainer.targets",
+    "SegmentationTarget": "explainer.targets", "SimilarityTarget": "explainer.targets",
     "TokenGrid": "explainer.reshape", "ChannelsLast": "explainer.reshape",
     **{name: "explainer.errors" for name in (
         "DeployCamError", "ExportError", "GradModeError", "InputError", "LayerNotFoundError", "LayerShapeError",
@@ -72,4 +72,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from explainer.postprocess import normalize_maps, upsample_maps
     from explainer.reshape import ChannelsLast, TokenGrid
     from explainer.split import SplitModel, split_model
-    from explainer.target_functions import ClassTarget, SegmentationTarget, SimilarityTarget, Target
+    from explainer.targets import ClassTarget, SegmentationTarget, SimilarityTarget, Target

@@ -12,9 +12,12 @@ import itertools
 from collections.abc import Callable
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
-from explainer.errors import GradModeError, InputError
+from explainer.errors import GradModeError, InputError, MethodError, ModelOutputError, NonFiniteError
+from explainer.head_structure import find_linear_head
+from explainer.methods.base import CamMethod
+from explainer.tracing_lock import tracing
 
 
 def model_device_dtype(module: nn.Module) -> tuple[torch.device | None, torch.dtype | None]:
@@ -86,3 +89,65 @@ def check_grad_mode() -> None:
             "call the explainer outside inference_mode (torch.no_grad() is fine: "
             "the backbone runs without grad anyway)"
         )
+
+
+def check_options(batch_size: int, max_channels: int | None, progress: bool) -> None:
+    """The perturbation methods' options: :class:`MethodError` for a bad value or type."""
+    if not isinstance(progress, bool):
+        raise MethodError(f"progress must be True or False, got {progress!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise MethodError(f"batch_size must be an integer >= 1 (perturbed copies per forward), got {batch_size!r}")
+    if max_channels is not None and (isinstance(max_channels, bool) or not isinstance(max_channels, int)
+                                     or max_channels < 1):
+        raise MethodError(f"max_channels must be None (all channels) or an integer >= 1, got {max_channels!r}")
+
+
+def check_method_fits(method: CamMethod, head: object, layer: str, reshape: object | None) -> None:
+    """:class:`MethodError` / :class:`GradModeError` when ``method`` cannot run on ``head`` at ``layer``.
+
+    CAM needs a global-average-pool + linear head; methods that re-run the head on changed
+    activations need the layer's own layout (no ``reshape``); gradient methods cannot differentiate
+    through tensors created under ``torch.inference_mode``.
+    """
+    if reshape is not None and method.reruns_head:
+        raise MethodError(
+            f"{method.name!r} feeds changed activations back to the head, which reads the layer's own "
+            "layout, so it cannot run through reshape=; use a gradient method or 'scorecam'"
+        )
+    if isinstance(head, nn.Module) and method.needs_gradient:
+        frozen = [name for name, t in list(head.named_parameters()) + list(head.named_buffers()) if t.is_inference()]
+        if frozen:
+            raise GradModeError(
+                f"the model's tensors after {layer!r} ({', '.join(frozen[:3])}...) were created under "
+                "torch.inference_mode, and autograd cannot differentiate through them; build or load the "
+                "model outside inference_mode (torch.no_grad() is fine)"
+            )
+    if not method.requires_linear_head:
+        return
+    graph = head if isinstance(head, fx.GraphModule) else None
+    if graph is None and isinstance(head, nn.Module):
+        try:
+            with tracing():
+                graph = fx.symbolic_trace(head)
+        except Exception:  # noqa: BLE001 - any tracing failure means "cannot verify"
+            graph = None
+    if graph is None:
+        raise MethodError(f"{method.name!r} needs a head it can inspect (an nn.Module torch.fx can trace)")
+    linear, reason = find_linear_head(graph)
+    if linear is None:
+        raise MethodError(
+            f"{method.name!r} is only defined for heads that are global average pooling + one linear "
+            f"layer, and at {layer!r} {reason}; use 'gradcam' (identical for such heads) or pick the "
+            "layer right before the pooling"
+        )
+
+
+def check_output(output: Tensor, n: int, deferred: DeferredChecks) -> None:
+    """:class:`ModelOutputError` unless the (selected) output has the batch first; its finiteness deferred."""
+    if output.ndim < 2 or output.shape[0] != n:
+        raise ModelOutputError(
+            f"the model returned {tuple(output.shape)}; the explainer needs an output with the batch first, "
+            f"(N={n}, num_classes) logits or (N={n}, ...) for target callables"
+        )
+    deferred.add(torch.isfinite(output).all(),
+                 lambda: NonFiniteError("the model produced NaN or inf outputs (logits) for this input"))

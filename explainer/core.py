@@ -1,4 +1,11 @@
-"""The eager explainer: one forward of the backbone, one gradient through the head."""
+"""The eager explainer: one forward of the backbone, one gradient through the head.
+
+This module is the front class only; the steps live where they belong: the split in
+:mod:`explainer.split`, the step sequence in :mod:`explainer.pipeline`, gradients in
+:mod:`explainer.gradients`, the methods in :mod:`explainer.methods`, the checks in
+:mod:`explainer.checks`, layer layouts in :mod:`explainer.reshape`, smoothing in
+:mod:`explainer.smoothing` and what is scored in :mod:`explainer.scoring`.
+"""
 
 from __future__ import annotations
 
@@ -7,34 +14,32 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
-from torch import Tensor, fx, nn
+from torch import Tensor, nn
 
-from explainer.checks import DeferredChecks, check_grad_mode, check_input, model_device_dtype
-from explainer.errors import (
-    GradModeError,
-    InputError,
-    LayerShapeError,
-    MethodError,
-    ModelOutputError,
-    NonFiniteError,
+from explainer.checks import (
+    DeferredChecks,
+    check_grad_mode,
+    check_input,
+    check_method_fits,
+    check_options,
+    check_output,
+    model_device_dtype,
 )
+from explainer.errors import InputError, NonFiniteError
 from explainer.explanation import Explanation
 from explainer.gradients import score_gradients
-from explainer.head_structure import find_linear_head
 from explainer.methods import CamMethod, Probe, get_method
 from explainer.methods.base import weighted_sum
 from explainer.outputs import OutputKey, select_output
-from explainer.postprocess import normalize_maps, upsample_maps
-from explainer.reshape import Reshape, as_reshape
+from explainer.pipeline import finish_maps, unpack_backbone
+from explainer.reshape import Reshape, as_grid, as_grid_batched, as_reshape
+from explainer.scoring import Scorer, Targets, make_scorer
+from explainer.smoothing import aug_smooth as augmented_mean
 from explainer.smoothing import contributions, eigen_smooth
 from explainer.split import LayerSpec, LeafSpec, SplitModel, split_model
-from explainer.targets import Scorer, Targets, make_scorer
-from explainer.tracing_lock import running, tracing
+from explainer.tracing_lock import running
 
 Backbone = Callable[[Tensor], Tensor | Sequence[Tensor]]
-
-#: aug_smooth's augmentations besides the identity: (horizontal flip, intensity factor).
-AUGMENTATIONS = ((False, 0.9), (False, 1.1), (True, 0.9), (True, 1.0), (True, 1.1))
 Head = Callable[..., Tensor]
 
 
@@ -73,20 +78,8 @@ class Explainer:
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}; use Explainer.from_parts for callables")
-        self.method = get_method(method)
-        self._set_options(batch_size, max_channels, progress, output_key, reshape)
-        self._model: nn.Module | None = model
-        self._target_layer = target_layer
-        self._leaf_modules = tuple(leaf_modules)
-        self._splits: dict[bool, SplitModel] = {}
-        self._lock = threading.Lock()
-        split = self._split_for_mode(stacklevel=3)
-        self._backbone: Backbone = split.backbone
-        self._head: Head = split.head
-        self.layer = split.layer
-        self._in_channels = split.in_channels
-        self._check_method_fits(split.head)
-        self._check_head_tensors(split.head)
+        self._setup(method, batch_size, max_channels, progress, output_key, reshape, model=model,
+                    target_layer=target_layer, leaf_modules=tuple(leaf_modules))
 
     @classmethod
     def from_parts(
@@ -111,40 +104,33 @@ class Explainer:
         methods and must not modify values the backbone shares with it in place.
         """
         self = cls.__new__(cls)
-        self.method = get_method(method)
-        self._set_options(batch_size, max_channels, progress, output_key, reshape)
-        self._model = None
-        self._splits = {}
-        self._lock = threading.Lock()
-        self._backbone, self._head = backbone, head
-        self.layer = layer
-        self._in_channels = in_channels
-        self._target_layer = layer
-        self._leaf_modules = ()
-        self._check_method_fits(head)
-        self._check_head_tensors(head)
+        self._setup(method, batch_size, max_channels, progress, output_key, reshape, parts=(backbone, head),
+                    layer=layer, in_channels=in_channels)
         return self
 
-    def _set_options(self, batch_size: int, max_channels: int | None, progress: bool, output_key: OutputKey,
-                     reshape: str | Reshape | None) -> None:
-        if not isinstance(progress, bool):
-            raise MethodError(f"progress must be True or False, got {progress!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise MethodError(f"batch_size must be an integer >= 1 (perturbed copies per forward), got {batch_size!r}")
-        if max_channels is not None and (isinstance(max_channels, bool) or not isinstance(max_channels, int)
-                                         or max_channels < 1):
-            raise MethodError(f"max_channels must be None (all channels) or an integer >= 1, got {max_channels!r}")
+    def _setup(self, method: str | CamMethod, batch_size: int, max_channels: int | None, progress: bool,
+               output_key: OutputKey, reshape: str | Reshape | None, *, model: nn.Module | None = None,
+               target_layer: LayerSpec = "", leaf_modules: tuple[LeafSpec, ...] = (),
+               parts: tuple[Backbone, Head] | None = None, layer: str = "activations",
+               in_channels: int | None = None) -> None:
+        """The one constructor: checks the options, splits ``model`` (or takes ``parts``), checks the method."""
+        check_options(batch_size, max_channels, progress)
+        self.method = get_method(method)
         self.batch_size, self.max_channels, self.progress = batch_size, max_channels, progress
         self.output_key = output_key
         self.reshape = as_reshape(reshape)
-        self._check_reshape_fits()
-
-    def _check_reshape_fits(self) -> None:
-        if self.reshape is not None and self.method.needs_head_inverse:
-            raise MethodError(
-                f"{self.method.name!r} feeds changed activations back to the head, which reads the layer's own "
-                "layout, so it cannot run through reshape=; use a gradient method or 'scorecam'"
-            )
+        self._model = model
+        self._target_layer = target_layer if model is not None else layer
+        self._leaf_modules = leaf_modules
+        self._splits: dict[bool, SplitModel] = {}
+        self._lock = threading.Lock()
+        if parts is None:
+            split = self._split_for_mode(stacklevel=4)
+            parts, layer, in_channels = (split.backbone, split.head), split.layer, split.in_channels
+        self._backbone, self._head = parts
+        self.layer = layer
+        self._in_channels = in_channels
+        check_method_fits(self.method, self._head, self.layer, self.reshape)
 
     def with_method(self, method: str | CamMethod) -> Explainer:
         """A new explainer sharing this one's split graphs, with another method (no re-tracing)."""
@@ -153,9 +139,7 @@ class Explainer:
         other._lock = threading.Lock()
         other._splits = dict(self._splits)
         other.method = get_method(method)
-        other._check_reshape_fits()
-        other._check_method_fits(other._head)
-        other._check_head_tensors(other._head)
+        check_method_fits(other.method, other._head, other.layer, other.reshape)
         return other
 
     @property
@@ -195,37 +179,6 @@ class Explainer:
         split = self._split_for_mode()  # traced graphs depend on train/eval mode
         return split.backbone, split.head
 
-    def _check_head_tensors(self, head: Head) -> None:
-        if not isinstance(head, nn.Module):
-            return
-        frozen = [name for name, t in list(head.named_parameters()) + list(head.named_buffers()) if t.is_inference()]
-        if frozen and self.method.needs_gradient:
-            raise GradModeError(
-                f"the model's tensors after {self.layer!r} ({', '.join(frozen[:3])}...) were created under "
-                "torch.inference_mode, and autograd cannot differentiate through them; build or load the "
-                "model outside inference_mode (torch.no_grad() is fine)"
-            )
-
-    def _check_method_fits(self, head: Head) -> None:
-        if not self.method.requires_linear_head:
-            return
-        graph = head if isinstance(head, fx.GraphModule) else None
-        if graph is None and isinstance(head, nn.Module):
-            try:
-                with tracing():
-                    graph = fx.symbolic_trace(head)
-            except Exception:  # noqa: BLE001 - any tracing failure means "cannot verify"
-                graph = None
-        if graph is None:
-            raise MethodError(f"{self.method.name!r} needs a head it can inspect (an nn.Module torch.fx can trace)")
-        linear, reason = find_linear_head(graph)
-        if linear is None:
-            raise MethodError(
-                f"{self.method.name!r} is only defined for heads that are global average pooling + one linear "
-                f"layer, and at {self.layer!r} {reason}; use 'gradcam' (identical for such heads) or pick the "
-                "layer right before the pooling"
-            )
-
     def __call__(self, x: Tensor, targets: Targets = None, *, topk: int | None = None,
                  aug_smooth: bool = False, eigen_smooth: bool = False) -> Explanation:
         """Explain a batch.
@@ -238,7 +191,7 @@ class Explainer:
                 or a target callable ``output (N, ...) -> (N,)`` scores such as
                 ``ClassTarget(k)``, ``SegmentationTarget(k, mask)``, ``SimilarityTarget(e)``,
                 or N per-image callables in pytorch-grad-cam's convention
-                (see :mod:`explainer.target_functions`).
+                (see :mod:`explainer.targets`).
             topk: instead of ``targets``, explain each image's ``topk`` highest-scoring
                 classes (``targets`` becomes ``(N, topk)``, best first).
             aug_smooth: average the maps of 6 augmented copies (horizontal flip x intensity
@@ -256,14 +209,11 @@ class Explainer:
         """
         logits, scorer, raw, cams = self._maps(x, targets, topk, eigen_smooth)
         if aug_smooth:
-            raws, all_cams = [raw], [cams]
-            for flip, factor in AUGMENTATIONS:
-                augmented = x * factor
-                _, _, r, c = self._maps(augmented.flip(-1) if flip else augmented,
-                                        scorer.flipped() if flip else scorer, None, eigen_smooth)
-                raws.append(r.flip(-1) if flip else r)
-                all_cams.append(c.flip(-1) if flip else c)
-            raw, cams = torch.stack(raws).mean(0), torch.stack(all_cams).mean(0)
+            def maps(images: Tensor, flipped: bool) -> tuple[Tensor, Tensor]:
+                _, _, r, c = self._maps(images, scorer.flipped() if flipped else scorer, None, eigen_smooth)
+                return r, c
+
+            raw, cams = augmented_mean(maps, x, raw, cams)
         target_idx = scorer.labels(x.shape[0], logits.device)
         if not scorer.keep_k:
             raw, cams, target_idx = raw[:, 0], cams[:, 0], target_idx[:, 0]
@@ -279,6 +229,9 @@ class Explainer:
         with running():
             return self._run_parts(backbone, head, x, targets, topk, eigen)
 
+    def _select(self, output: object) -> Tensor:
+        return select_output(output, self.output_key)
+
     def _run_parts(self, backbone: Backbone, head: Head, x: Tensor, targets: Targets | Scorer, topk: int | None,
                    eigen: bool) -> tuple[Tensor, Scorer, Tensor, Tensor]:
         device, dtype = model_device_dtype(head) if isinstance(head, nn.Module) else (None, None)
@@ -287,25 +240,28 @@ class Explainer:
         deferred = DeferredChecks()  # value checks, read with one sync at the end (see explainer.checks)
         check_input(x, device, dtype, self._in_channels, deferred)
 
+        image_hw = (x.shape[-2], x.shape[-1])
         layer_out, skips = self._run_backbone(backbone, x)
-        activations = self._as_grid(layer_out, x)
+        activations = as_grid(layer_out, self.reshape, image_hw, self.layer)
         needs_grad = self.method.needs_gradient
         leaf = layer_out.detach().requires_grad_(needs_grad)
         with torch.set_grad_enabled(needs_grad):
             # clone: the head may modify its input in place (DenseNet's ReLU(inplace=True)).
             output = select_output(head(leaf.clone(), *skips), self.output_key)
-        _check_output(output, x.shape[0], deferred)
+        check_output(output, x.shape[0], deferred)
         scorer = targets if isinstance(targets, Scorer) else make_scorer(targets, output, topk, deferred)
 
         weights = None
         if self.method.perturbation is not None:
             deferred.verify()  # before the long loop
-            weights = self.method.perturbation(activations, self._probe(backbone, head, skips, x, scorer))
+            probe = Probe.for_parts(backbone, head, skips, x, scorer, scorer.k, self._select, self.batch_size,
+                                    self.max_channels, self.progress)
+            weights = self.method.perturbation(activations, probe)
             grads = activations.new_empty(0)
         elif needs_grad:
             with torch.enable_grad():  # the caller may be under no_grad
                 scores = scorer(output)
-                grads = self._as_grid_batched(score_gradients(scores, leaf, self._grad_hint()), x)
+                grads = as_grid_batched(score_gradients(scores, leaf, self._grad_hint()), self.reshape, image_hw)
         else:
             grads = activations.new_empty(0)
         parts = contributions(self.method, activations, grads, weights) if eigen else None
@@ -319,7 +275,7 @@ class Explainer:
         deferred.add(torch.isfinite(raw).all(), lambda: NonFiniteError(
             f"{self.method.name} produced NaN/inf values at {self.layer!r} (the activations or gradients "
             "overflowed); check the model's weights and dtype"))
-        cams = upsample_maps(normalize_maps(raw), x.shape[-2], x.shape[-1])
+        cams = finish_maps(raw, x.shape[-2], x.shape[-1])
         deferred.verify()  # the call's one host-device synchronisation, after all its work is queued
         return output.detach(), scorer, raw.detach(), cams.detach()
 
@@ -330,53 +286,6 @@ class Explainer:
                     "use eigencam, scorecam or ablationcam otherwise")
         return "the target scores do not depend on the layer's activations through autograd"
 
-    def _as_grid(self, layer_out: Tensor, x: Tensor) -> Tensor:
-        """The layer output as ``(N, C, h, w)`` (through ``reshape``), with clear errors."""
-        grid = layer_out if self.reshape is None else self.reshape(layer_out, (x.shape[-2], x.shape[-1]))
-        if not isinstance(grid, Tensor) or grid.ndim != 4 or grid.shape[0] != x.shape[0]:
-            shape = tuple(grid.shape) if isinstance(grid, Tensor) else type(grid).__name__
-            raise LayerShapeError(
-                f"layer {self.layer!r} outputs {shape}, not a spatial (N, C, h, w) map; pick a convolutional "
-                "layer, or pass reshape= for token layers of vision transformers ('tokens' for (N, tokens, C), "
-                "'channels_last' for Swin's (N, h, w, C))"
-                if self.reshape is None else
-                f"reshape turned layer {self.layer!r}'s output {tuple(layer_out.shape)} into {shape}, "
-                f"not (N={x.shape[0]}, C, h, w)"
-            )
-        if grid.shape[-2] * grid.shape[-1] == 1:
-            raise LayerShapeError(
-                f"layer {self.layer!r} outputs {tuple(grid.shape)}: a 1x1 map has no spatial "
-                "extent to explain; pick an earlier layer (or a larger input)"
-            )
-        if self.reshape is None and grid.shape[1] == grid.shape[2] and grid.shape[3] > 4 * grid.shape[1]:
-            warnings.warn(
-                f"layer {self.layer!r} outputs {tuple(grid.shape)}, which looks channels-last (N, h, w, C) "
-                "(Swin); if so pass reshape='channels_last'", stacklevel=4,
-            )
-        return grid
-
-    def _as_grid_batched(self, grads: Tensor, x: Tensor) -> Tensor:
-        """Gradients ``(N, K, *layer shape)`` -> ``(N, K, C, h, w)``."""
-        if self.reshape is None:
-            return grads
-        n, k = grads.shape[:2]
-        grid = self.reshape(grads.flatten(0, 1), (x.shape[-2], x.shape[-1]))
-        return grid.reshape(n, k, *grid.shape[1:])
-
-    def _probe(self, backbone: Backbone, head: Head, skips: tuple, x: Tensor, scorer: Scorer) -> Probe:
-        key = self.output_key
-
-        def model(images: Tensor) -> Tensor:
-            out = backbone(images)
-            a, *extra = (out,) if isinstance(out, Tensor) else tuple(out)
-            return select_output(head(a, *extra), key)
-
-        def head_on_copy(a: Tensor, *extra: Tensor) -> Tensor:
-            return select_output(head(a.clone(), *extra), key)  # the head may modify its input in place
-
-        return Probe(head_on_copy, skips, model, scorer, scorer.k, x, self.batch_size, self.max_channels,
-                     self.progress)
-
     def _run_backbone(self, backbone: Backbone, x: Tensor) -> tuple[Tensor, tuple[Tensor, ...]]:
         try:
             with torch.no_grad():
@@ -386,20 +295,7 @@ class Explainer:
                 f"the model could not run on an input of shape {tuple(x.shape)} ({type(exc).__name__}: "
                 f"{str(exc).splitlines()[0]}); check the image size and channels the model expects"
             ) from exc
-        activations, *skips = (out,) if isinstance(out, Tensor) else tuple(out)
-        if not isinstance(activations, Tensor):
-            raise LayerShapeError(f"layer {self.layer!r} outputs {type(activations).__name__}, not a tensor")
-        return activations, tuple(skips)
+        return unpack_backbone(out)
 
     def __repr__(self) -> str:
         return f"Explainer(layer={self.layer!r}, method={self.method.name!r})"
-
-
-def _check_output(output: Tensor, n: int, deferred: DeferredChecks) -> None:
-    if output.ndim < 2 or output.shape[0] != n:
-        raise ModelOutputError(
-            f"the model returned {tuple(output.shape)}; the explainer needs an output with the batch first, "
-            f"(N={n}, num_classes) logits or (N={n}, ...) for target callables"
-        )
-    deferred.add(torch.isfinite(output).all(),
-                 lambda: NonFiniteError("the model produced NaN or inf outputs (logits) for this input"))

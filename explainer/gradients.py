@@ -9,22 +9,6 @@ from torch import Tensor
 
 from explainer.errors import MethodError
 
-
-def target_gradients(logits: Tensor, activations: Tensor, targets: Tensor) -> Tensor:
-    """d logits[n, targets[n, k]] / d activations, for every image n and target k.
-
-    Args:
-        logits: ``(N, num_classes)``, computed from ``activations`` with grad enabled.
-        activations: ``(N, C, h, w)`` leaf tensor with ``requires_grad=True``.
-        targets: ``(N, K)`` long class indices.
-
-    Returns:
-        ``(N, K, C, h, w)``; see :func:`score_gradients` (which raises :class:`MethodError`, a
-        :class:`DeployCamError`, when the logits do not depend on the activations).
-    """
-    return score_gradients(logits.gather(1, targets), activations)
-
-
 _NOT_DIFFERENTIABLE = ("the head's output does not depend on the activations through autograd; "
                        "gradient methods need a differentiable head (eigencam does not)")
 

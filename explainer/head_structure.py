@@ -1,8 +1,8 @@
 """Recognise heads that are global average pooling followed by one linear layer.
 
 CAM is only defined for such heads, and for them the gradient of class ``k`` with
-respect to the activations is the constant ``W[k, c] / (h w)`` (the export issue
-uses this shortcut).
+respect to the activations is the constant ``W[k, c] / (h w)`` (the ONNX export
+uses this shortcut instead of tracing the head's gradient).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class LinearHead:
 
 def _is_global_pool(node: fx.Node, gm: fx.GraphModule) -> bool:
     if node.op == "call_module":
-        mod = gm.get_submodule(node.target)
+        mod = gm.get_submodule(str(node.target))
         return isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1))
     if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
@@ -57,7 +57,7 @@ def find_linear_head(head: fx.GraphModule) -> tuple[LinearHead | None, str]:
             pooled = True
             continue
         if node.op == "call_module":
-            mod = head.get_submodule(node.target)
+            mod = head.get_submodule(str(node.target))
             if isinstance(mod, nn.Linear) and pooled:
                 linear, linear_node = mod, node
                 continue

@@ -109,7 +109,7 @@ def list_layers(
 
 def _node_kind(node: fx.Node, gm: fx.GraphModule) -> str:
     if node.op == "call_module":
-        return type(gm.get_submodule(node.target)).__name__
+        return type(gm.get_submodule(str(node.target))).__name__
     return getattr(node.target, "__name__", str(node.target))
 
 

@@ -100,6 +100,7 @@ def load_model(name: str = DEFAULT_MODEL, weights: str | None = None, seed: int 
     load ``weights`` when given, else seeded random weights (``seed``).
     Raises :class:`ModelLoadError` for unknown names (with close matches) or bad weights.
     """
+    source: str | None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if name in LITE_MODELS:

@@ -54,7 +54,7 @@ def select_output(output: object, key: OutputKey = None) -> Tensor:
             "which entry to explain"
         )
     try:
-        chosen = output[key]
+        chosen = output[key]  # type: ignore[index]  # a Mapping or Sequence; anything else raises TypeError
     except (KeyError, IndexError, TypeError) as exc:
         raise ModelOutputError(f"output_key {key!r} does not fit the model output, which is {_describe(output)}") \
             from exc

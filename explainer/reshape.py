@@ -18,6 +18,7 @@ the class token reaches the classifier and the patch tokens' gradients are zero.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 
 from torch import Tensor
@@ -163,3 +164,42 @@ def as_reshape(spec: str | Callable | None) -> Reshape | None:
     if callable(spec):
         return _Function(spec)
     raise LayerShapeError(f"reshape must be None, a name ({', '.join(NAMED)}) or a callable, got {spec!r}")
+
+
+def as_grid(layer_out: Tensor, reshape: Reshape | None, image_hw: tuple[int, int], layer: str) -> Tensor:
+    """The layer's output as ``(N, C, h, w)`` (through ``reshape``), with clear errors.
+
+    :class:`LayerShapeError` for a non-spatial output (pointing to ``reshape=`` for token layers)
+    and for a 1x1 map; a warning when a channels-first-looking map is probably channels-last.
+    """
+    n = layer_out.shape[0]
+    grid = layer_out if reshape is None else reshape(layer_out, image_hw)
+    if not isinstance(grid, Tensor) or grid.ndim != 4 or grid.shape[0] != n:
+        shape = tuple(grid.shape) if isinstance(grid, Tensor) else type(grid).__name__
+        raise LayerShapeError(
+            f"layer {layer!r} outputs {shape}, not a spatial (N, C, h, w) map; pick a convolutional "
+            "layer, or pass reshape= for token layers of vision transformers ('tokens' for (N, tokens, C), "
+            "'channels_last' for Swin's (N, h, w, C))"
+            if reshape is None else
+            f"reshape turned layer {layer!r}'s output {tuple(layer_out.shape)} into {shape}, not (N={n}, C, h, w)"
+        )
+    if grid.shape[-2] * grid.shape[-1] == 1:
+        raise LayerShapeError(
+            f"layer {layer!r} outputs {tuple(grid.shape)}: a 1x1 map has no spatial "
+            "extent to explain; pick an earlier layer (or a larger input)"
+        )
+    if reshape is None and grid.shape[1] == grid.shape[2] and grid.shape[3] > 4 * grid.shape[1]:
+        warnings.warn(
+            f"layer {layer!r} outputs {tuple(grid.shape)}, which looks channels-last (N, h, w, C) "
+            "(Swin); if so pass reshape='channels_last'", stacklevel=6,
+        )
+    return grid
+
+
+def as_grid_batched(gradients: Tensor, reshape: Reshape | None, image_hw: tuple[int, int]) -> Tensor:
+    """Gradients ``(N, K, *layer output shape)`` -> ``(N, K, C, h, w)``, as :func:`as_grid` lays out the layer."""
+    if reshape is None:
+        return gradients
+    n, k = gradients.shape[:2]
+    grid = reshape(gradients.flatten(0, 1), image_hw)
+    return grid.reshape(n, k, *grid.shape[1:])

@@ -134,7 +134,7 @@ def trace_model(model: nn.Module, leaf_modules: Iterable[LeafSpec] = ()) -> Trac
 
 def _innermost_module(exc: BaseException, model: nn.Module) -> str | None:
     """The name of the deepest submodule whose ``forward`` is on the failing trace's stack, if any."""
-    by_code = {}
+    by_code: dict[object, list[str]] = {}
     for name, module in model.named_modules():
         forward = getattr(type(module), "forward", None)
         code = getattr(forward, "__code__", None)
@@ -220,13 +220,13 @@ def _is_batch_size(node: fx.Node) -> bool:
     """``x.size(0)``, ``x.size()[0]`` or ``x.shape[0]``: equal to the activations' batch size."""
     if node.op == "call_method" and node.target == "size":
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-        return dim == 0
+        return bool(dim == 0)
     if node.op == "call_function" and node.target is operator.getitem and node.args[1] == 0:
         src = node.args[0]
-        return isinstance(src, fx.Node) and (
+        return bool(isinstance(src, fx.Node) and (
             (src.op == "call_function" and src.target is getattr and src.args[1] == "shape")
             or (src.op == "call_method" and src.target == "size" and len(src.args) == 1 and not src.kwargs)
-        )
+        ))
     return False
 
 
@@ -242,7 +242,7 @@ def _first_conv_in_channels(gm: fx.GraphModule) -> int | None:
         if node.op == "call_function" and node.target in (F.conv2d, torch.conv2d):
             weight = node.args[1] if len(node.args) > 1 else node.kwargs.get("weight")
             if isinstance(weight, fx.Node) and weight.op == "get_attr":
-                w = _fetch_attr(gm, weight.target)
+                w = _fetch_attr(gm, str(weight.target))
                 groups = node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)
                 return int(w.shape[1]) * int(groups)
             return None

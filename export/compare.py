@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from explainer.core import Explainer
+from explainer.pipeline import unpack_backbone
 from explainer.postprocess import normalize_maps
 from export.runtime import GraphRuntime
 
@@ -46,8 +47,8 @@ def compare(explainer: Explainer, runtime: GraphRuntime, images: Tensor) -> Comp
         inputs, reference = images, eager.cams
     else:
         with torch.no_grad():
-            inputs = explainer.backbone(images)
-        inputs = (inputs if isinstance(inputs, Tensor) else inputs[0]).detach()
+            inputs = unpack_backbone(explainer.backbone(images))[0].detach()
+        assert eager.raw is not None  # the eager explainer always returns its raw maps
         reference = normalize_maps(eager.raw)
     exported = runtime(inputs)
     diff = float((exported.cams.cpu() - reference.cpu()).abs().max())

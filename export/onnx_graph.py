@@ -24,6 +24,7 @@ import io
 import os
 import re
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
@@ -33,9 +34,9 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from explainer.core import Explainer
 from explainer.errors import ExportError
 from explainer.gradients import resolve_target
-from explainer.tracing_lock import tracing
 from explainer.head_structure import find_linear_head
-from explainer.postprocess import normalize_maps, upsample_maps
+from explainer.pipeline import finish_maps, unpack_backbone
+from explainer.tracing_lock import tracing
 from export.decompositions import gradient_decompositions
 from export.parts import GraphInfo, check_destination, export_parts, method_module
 
@@ -52,17 +53,17 @@ def _one_hot(logits: Tensor, target: Tensor) -> Tensor:
 
 def _is_global_pool(head: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_module":
-        module = head.get_submodule(node.target)
+        module = head.get_submodule(str(node.target))
         return isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1))
     return node.op == "call_function" and node.target is torch.nn.functional.adaptive_avg_pool2d \
         and (node.args[1:2] or [node.kwargs.get("output_size")])[0] in (1, (1, 1), [1, 1])
 
 
-def _linear_parts(head: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, object, object] | None:
+def _linear_parts(head: fx.GraphModule, node: fx.Node) -> tuple[Any, Any, Any] | None:
     """``(input, weight, bias)`` of an ``nn.Linear`` call or ``F.linear`` node, else None."""
-    if node.op == "call_module" and isinstance(head.get_submodule(node.target), nn.Linear):
+    if node.op == "call_module" and isinstance(head.get_submodule(str(node.target)), nn.Linear):
         return node.args[0], f"{node.target}.weight", (
-            f"{node.target}.bias" if head.get_submodule(node.target).bias is not None else None)
+            f"{node.target}.bias" if head.get_submodule(str(node.target)).bias is not None else None)
     if node.op == "call_function" and node.target is torch.nn.functional.linear:
         args = list(node.args) + [None] * 3
         return args[0], node.kwargs.get("weight", args[1]), node.kwargs.get("bias", args[2])
@@ -134,7 +135,8 @@ def _check_batch_symbolic(traced: fx.GraphModule, example_batch: int) -> None:
     first = next(n for n in traced.graph.nodes if n.op == "placeholder")
     size = first.meta["val"].shape[0] if "val" in first.meta else None
     if isinstance(size, torch.SymInt):
-        expr = traced.shape_env.simplify(size.node.expr) if hasattr(traced, "shape_env") else size.node.expr
+        shape_env = getattr(traced, "shape_env", None)
+        expr = shape_env.simplify(size.node.expr) if shape_env is not None else size.node.expr
         if not getattr(expr, "is_number", False):
             return
     raise ExportError(
@@ -146,6 +148,8 @@ def _check_batch_symbolic(traced: fx.GraphModule, example_batch: int) -> None:
 
 class AnalyticGradientStep(nn.Module):
     """For global-average-pool + linear heads: d logit_k / dA[c, i, j] = W[k, c] / (h w), exactly."""
+
+    weight: Tensor
 
     def __init__(self, head: nn.Module, weight: Tensor) -> None:
         super().__init__()
@@ -183,16 +187,11 @@ class OnnxExplanation(nn.Module):
         self.upsample = upsample
 
     def forward(self, input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        if self.backbone is not None:
-            packed = self.backbone(input)
-            activations, skips = packed[0], tuple(packed[1:])
-        else:
-            activations, skips = input, ()
+        activations, skips = unpack_backbone(self.backbone(input)) if self.backbone is not None else (input, ())
         logits, grads = self.step(activations, target, *skips)
-        cam = normalize_maps(self.method(activations, grads.unsqueeze(1))[:, 0])
-        if self.upsample:
-            cam = upsample_maps(cam.unsqueeze(1), input.shape[-2], input.shape[-1])[:, 0]
-        return logits, cam
+        cam = finish_maps(self.method(activations, grads.unsqueeze(1)), input.shape[-2], input.shape[-1],
+                          self.upsample)
+        return logits, cam[:, 0]
 
 
 def build_onnx_module(explainer: Explainer, example_input: Tensor, part: str = "full",
@@ -271,6 +270,8 @@ def to_onnx(explainer: Explainer, path: str | os.PathLike, example_input: Tensor
             else:
                 reason = f"{type(exc).__name__}: {message.strip().splitlines()[0] if message.strip() else ''}"
             raise ExportError(f"torch.onnx.export failed for {info.method!r} at {info.layer!r}: {reason}") from exc
+    if program is None:  # pragma: no cover - the dynamo exporter always returns a program
+        raise ExportError("torch.onnx.export returned no program")
     model = program.model_proto
     _check_batch_axis(model, dynamic_batch, int(args[0].shape[0]))
     entry = model.metadata_props.add()
@@ -301,4 +302,6 @@ def model_to_onnx(model: nn.Module, path: str | os.PathLike, example_input: Tens
     with contextlib.redirect_stdout(io.StringIO()):
         program = torch.onnx.export(model, (example_input,), dynamo=True, input_names=["input"],
                                     output_names=["logits"], dynamic_shapes=dynamic, external_data=False)
+    if program is None:  # pragma: no cover - the dynamo exporter always returns a program
+        raise ExportError("torch.onnx.export returned no program")
     program.save(os.fspath(path))

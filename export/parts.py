@@ -13,6 +13,7 @@ from torch import Tensor, fx, nn
 from explainer.core import Explainer
 from explainer.errors import ExportError, InputError
 from explainer.methods import CamMethod
+from explainer.pipeline import unpack_backbone
 
 PARTS = ("full", "head")
 
@@ -33,8 +34,8 @@ class GraphInfo:
     part: str
     method: str
     layer: str
-    input_shape: tuple[int, int, int]
-    image_size: tuple[int, int]
+    input_shape: tuple[int, ...]
+    image_size: tuple[int, ...]
     num_classes: int
     format: str
 
@@ -97,9 +98,7 @@ def export_parts(explainer: Explainer, example_input: Tensor, part: str, fmt: st
     _check_example(example_input, backbone, explainer)
     try:
         with torch.no_grad():
-            packed = backbone(example_input)
-            packed = (packed,) if isinstance(packed, Tensor) else tuple(packed)
-            activations, skips = packed[0], packed[1:]
+            activations, skips = unpack_backbone(backbone(example_input))
             logits = head(activations.clone(), *skips)
     except RuntimeError as exc:
         raise InputError(

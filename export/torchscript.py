@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from explainer.core import Explainer
 from explainer.errors import ExportError
 from explainer.gradients import resolve_target, single_target_gradient
-from explainer.postprocess import normalize_maps, upsample_maps
+from explainer.pipeline import finish_maps
 from explainer.tracing_lock import tracing
 from export.parts import AsTuple, GraphInfo, check_destination, export_parts, head_caller, method_module
 
@@ -78,10 +78,8 @@ class ScriptableExplanation(nn.Module):
             with torch.no_grad():
                 logits = self.head(activations.clone(), packed)
             gradients = activations.new_empty(0)
-        cam = normalize_maps(self.method(activations, gradients)[:, 0])
-        if self.upsample:
-            cam = upsample_maps(cam.unsqueeze(1), input.shape[-2], input.shape[-1])[:, 0]
-        return logits.detach(), cam
+        cam = finish_maps(self.method(activations, gradients), input.shape[-2], input.shape[-1], self.upsample)
+        return logits.detach(), cam[:, 0]
 
 
 def build_scriptable(explainer: Explainer, example_input: Tensor, part: str = "full") -> tuple[nn.Module, GraphInfo]:

@@ -1,36 +1,12 @@
-"""Shared fixtures: seeded torchvision models, the real EfficientNet-Lite0, the sample photos."""
+"""pytest fixtures shared by the tests (the helpers they use live in tests/helpers.py)."""
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch
-import torchvision
 
 from explainer.imaging import Preprocess, sample_images
-from explainer.models import load_model
-
-#: (architecture, target layer) pairs the method tests cover; "efficientnet-lite0" has real weights.
-ARCHITECTURES = [
-    ("resnet18", "layer4"),
-    ("vgg11", "features"),
-    ("densenet121", "features"),
-    ("mobilenet_v3_small", "features"),
-    ("efficientnet_b0", "features"),
-    ("convnext_tiny", "features"),
-    ("efficientnet-lite0", "_conv_head"),
-]
-
-
-@functools.lru_cache(maxsize=None)
-def seeded_model(name: str, seed: int = 0) -> torch.nn.Module:
-    """An eval-mode model with seeded random weights (or the real Lite0 weights), built once per session."""
-    if name.startswith("efficientnet-lite"):
-        return load_model(name).model
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return torchvision.models.get_model(name, weights=None).eval()
+from tests.helpers import seeded_model
 
 
 @pytest.fixture(scope="session")
@@ -53,37 +29,3 @@ def photo_batch(photos) -> torch.Tensor:
     """chelsea and coffee, preprocessed: (2, 3, 224, 224)."""
     pre = Preprocess()
     return torch.stack([pre(photos["chelsea"])[0], pre(photos["coffee"])[0]])
-
-
-def random_input(n: int = 2, size: int = 64, seed: int = 1) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 3, size, size, generator=gen)
-
-
-#: torchvision segmentation models (their builders also take ``weights_backbone``).
-SEGMENTATION_MODELS = ("fcn_resnet50", "deeplabv3_mobilenet_v3_large", "deeplabv3_resnet50", "lraspp_mobilenet_v3_large")
-
-
-@functools.lru_cache(maxsize=None)
-def calibrated_model(name: str, size: int = 64, seed: int = 0) -> torch.nn.Module:
-    """A seeded random model whose batch-norm statistics are estimated on random images.
-
-    Untrained torchvision models with default statistics shrink activations to ~1e-15 by the
-    logits (EfficientNet, MobileNet), making the top class a near-tie; calibrated ones have
-    O(1) activations, so "same predicted class" is a meaningful check. Lite0 keeps its real weights.
-    """
-    if name.startswith("efficientnet-lite"):
-        return load_model(name).model
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        extra = {"weights_backbone": None} if name in SEGMENTATION_MODELS else {}
-        model = torchvision.models.get_model(name, weights=None, **extra)
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average
-        model.train()
-        with torch.no_grad():
-            for _ in range(3):
-                model(torch.randn(8, 3, size, size))
-    return model.eval()

@@ -133,6 +133,8 @@ def cam(A, W, targets):
     return weighted(W[targets], A)
 
 
+#: Each one-graph method's map ``(A, G) -> (N, K, h, w)``, by registry name. A method added to
+#: explainer/methods/ without its formula here fails test_every_method_has_a_reference_formula.
 FORMULAS = {
     "gradcam": gradcam,
     "gradcam++": gradcam_pp,
@@ -142,4 +144,15 @@ FORMULAS = {
     "layercam": layercam,
     "eigencam": eigencam,
     "eigengradcam": eigengradcam,
+}
+
+#: Per-channel contributions ``(N, C, h, w)`` whose channel sum is the map before its ReLU, for the
+#: methods that have them (``eigen_smooth`` projects these on their first principal component).
+CONTRIBUTIONS = {
+    "gradcam": lambda A, G: G.mean(axis=(2, 3))[:, :, None, None] * A,
+    "gradcam++": lambda A, G: gradcam_pp_weights(A, G)[:, :, None, None] * A,
+    "xgradcam": lambda A, G: ((G * A).sum(axis=(2, 3)) / (A.sum(axis=(2, 3)) + 1e-7))[:, :, None, None] * A,
+    "hirescam": lambda A, G: G * A,
+    "gradcam-elementwise": lambda A, G: relu(G * A),
+    "layercam": lambda A, G: relu(G) * A,
 }

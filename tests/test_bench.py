@@ -1,4 +1,4 @@
-"""The benchmark machinery (not the timings: tests never assert wall-clock times)."""
+"""deploycam.bench: the benchmark machinery (not the timings: tests never assert wall-clock times)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import os
 
 import pytest
 
-from explainer.bench.cases import EAGER_METHODS, MODELS, PEERS, Case, all_cases
-from explainer.bench.report import table, write_json, write_png
-from explainer.bench.runner import Result, _relate
-from explainer.cli import main
+from deploycam.bench.cases import EAGER_METHODS, MODELS, PEERS, Case, all_cases
+from deploycam.bench.report import table, write_json, write_png
+from deploycam.bench.runner import Result, _relate
+from deploycam.cli import main
 
 
 def test_matrix_has_floors_for_every_case():
@@ -69,7 +69,7 @@ def test_bench_cli_runs_one_model_end_to_end(tmp_path, capsys):
 
 
 def test_cli_model_list_matches_the_bench_cases():
-    from explainer.bench.cases import MODELS
-    from explainer.cli.bench_cmd import BENCH_MODELS
+    from deploycam.bench.cases import MODELS
+    from deploycam.cli.bench_cmd import BENCH_MODELS
 
     assert tuple(MODELS) == BENCH_MODELS

@@ -1,4 +1,4 @@
-"""The deploycam command line."""
+"""deploycam.cli: the deploycam command line."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import cv2
 import pytest
 
-from explainer.cli import main
+from deploycam.cli import main
 from explainer.overlay import save_png
 
 

@@ -1,4 +1,4 @@
-"""explainer.cli: outputs that never collide or silently overwrite, checks before the work, exit codes,
+"""deploycam.cli: outputs that never collide or silently overwrite, checks before the work, exit codes,
 "did you mean", fast help, and truncated images reported and skipped."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from explainer.cli import main
+from deploycam.cli import main
 from explainer.overlay import save_png
 
 
@@ -138,7 +138,7 @@ def test_evaluate_runs_each_method_once(same_stems, tmp_path, capsys):
 
 
 def test_help_does_not_import_torch():
-    code = ("import sys; from explainer.cli import build_parser; p = build_parser(); "
+    code = ("import sys; from deploycam.cli import build_parser; p = build_parser(); "
             "p.format_help(); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -154,7 +154,7 @@ def test_methods_command_lists_the_registry(capsys):
 
 
 def test_output_stems_never_clash():
-    from explainer.cli.common import output_stems
+    from deploycam.cli.common import output_stems
 
     paths = ["a/cat.png", "a/cat.jpg", "a/sub/cat.png", "b/dog.png", "a/CAT.PNG", "a/cat.PNG"]
     stems = output_stems(paths)
@@ -164,9 +164,9 @@ def test_output_stems_never_clash():
 
 
 def test_bench_table_says_how_ratios_are_made_and_flags_busy_rows():
-    from explainer.bench.cases import Case
-    from explainer.bench.report import table
-    from explainer.bench.runner import Result
+    from deploycam.bench.cases import Case
+    from deploycam.bench.report import table
+    from deploycam.bench.runner import Result
 
     quiet = Result(Case("resnet50", 1, "cpu", "eager", "gradcam"), median_ms=10.0, samples=5, floor_ms=9.0,
                    ratio=10 / 9, floor_spread=0.02)

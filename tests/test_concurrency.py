@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from explainer import Explainer, list_layers
-from tests.conftest import calibrated_model
+from tests.helpers import calibrated_model
 
 LAYERS = ("layer4", "layer3", "layer2", "layer4.1.conv2")
 

@@ -1,4 +1,4 @@
-"""CUDA: every method, the runtimes and the error paths on a GPU, against the CPU results.
+"""explainer.core and export on CUDA: every method, the runtimes and the error paths on a GPU, against the CPU results.
 
 Skipped without a CUDA device. TF32 is switched off for these tests (PyTorch allows it for
 cuDNN convolutions by default, which changes conv outputs by ~1e-3 relative), so that CPU and
@@ -18,7 +18,7 @@ import export
 from explainer import Explainer
 from explainer.errors import InputError
 from explainer.methods import METHODS
-from tests.conftest import calibrated_model
+from tests.helpers import calibrated_model
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

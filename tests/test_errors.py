@@ -1,4 +1,4 @@
-"""Bad input: a specific error that names the problem and what is allowed."""
+"""explainer.core, explainer.checks, explainer.scoring: bad input: a specific error that names the problem and what is allowed."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from explainer import (
     ModelOutputError,
     TargetError,
 )
-from tests.conftest import random_input, seeded_model
+from tests.helpers import random_input, seeded_model
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Exported files: structure, loading anywhere, bad input, CLI, and the C++ caller."""
+"""export.runtime, export.torchscript, examples/cpp: exported files: structure, loading anywhere, bad input, CLI, and the C++ caller."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 import export
+from deploycam.cli import main
 from explainer import Explainer, ExportError, GradModeError, InputError, TargetError
-from explainer.cli import main
-from tests.conftest import calibrated_model
+from tests.helpers import calibrated_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,4 @@
-"""Exported graphs (TorchScript and ONNX, parts full and head) against eager, on fresh inputs.
+"""export.onnx_graph, export.torchscript: exported graphs (TorchScript and ONNX, parts full and head) against eager, on fresh inputs.
 
 Each case exports with an example batch of 2 and checks a fresh batch of 3: maps within
 1e-4 max abs, logits within 1e-4 relative, the same predicted classes; through
@@ -15,7 +15,8 @@ import torch
 
 import export
 from explainer import Explainer, normalize_maps, upsample_maps
-from tests.conftest import calibrated_model
+from explainer.methods import exportable_methods
+from tests.helpers import calibrated_model
 
 MODELS = {
     "resnet18@layer4": ("resnet18", "layer4", 64),
@@ -25,7 +26,7 @@ MODELS = {
     "efficientnet_b0": ("efficientnet_b0", "features", 64),
     "efficientnet-lite0": ("efficientnet-lite0", "_conv_head", 224),
 }
-ONNX_METHODS = ["gradcam", "gradcam++", "xgradcam", "hirescam", "gradcam-elementwise", "layercam", "eigengradcam", "eigencam"]
+ONNX_METHODS = list(exportable_methods())  # from the registry: a new method file is exported and checked here
 TS_METHODS = ONNX_METHODS
 FAST = {("resnet18@layer3", "gradcam"), ("resnet18@layer4", "gradcam++"), ("efficientnet-lite0", "layercam"),
         ("resnet18@layer3", "eigengradcam"), ("mobilenet_v3_small", "eigencam")}
@@ -71,8 +72,8 @@ def formula_sensitivity(explainer: Explainer, x: torch.Tensor, part: str, target
     between two backends' convolutions (up to ~4e-3 measured, against ~2e-6 for the other methods). Its parity bound is 1e-4 or 10x this
     intrinsic sensitivity, whichever is larger; every other method is held to 1e-4 flat.
     """
-    from explainer.gradients import target_gradients
-    from explainer.targets import resolve_targets
+    from explainer.gradients import score_gradients
+    from explainer.scoring import resolve_targets
 
     with torch.no_grad():
         activations = explainer.backbone(x)[0]
@@ -80,7 +81,7 @@ def formula_sensitivity(explainer: Explainer, x: torch.Tensor, part: str, target
     with torch.enable_grad():
         logits = explainer.head(leaf.clone())
         chosen, _ = resolve_targets(targets, logits)
-        grads = target_gradients(logits, leaf, chosen)
+        grads = score_gradients(logits.gather(1, chosen), leaf)
     noise = 1 + 1e-5 * torch.randn(activations.shape, generator=torch.Generator().manual_seed(1))
     maps = [normalize_maps(explainer.method.compute(a, grads)[:, 0]) for a in (activations, activations * noise)]
     if part == "full":

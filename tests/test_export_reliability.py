@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 import export
-from export.torchscript import script_module
 from explainer import Explainer, ExportError, InputError
-from tests.conftest import calibrated_model
+from export.torchscript import script_module
+from tests.helpers import calibrated_model
 
 
 @pytest.fixture(scope="module")

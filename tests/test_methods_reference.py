@@ -1,4 +1,4 @@
-"""Every method against the independent float64 formulas of tests/reference.py, on seven architectures."""
+"""explainer.methods: every method against the independent float64 formulas of tests/reference.py, on seven architectures."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ import pytest
 import torch
 
 from explainer import Explainer, MethodError
+from explainer.methods import METHODS, exportable_methods
 from tests import reference
-from tests.conftest import ARCHITECTURES, random_input, seeded_model
+from tests.helpers import ARCHITECTURES, random_input, seeded_model
 
 SIZE = 96
 TARGETS = [1, 7]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def oracle(arch: str, layer: str):
     model = seeded_model(arch)
     x = random_input(2, SIZE if not arch.startswith("efficientnet-lite") else 224, seed=3)
@@ -24,7 +25,7 @@ def oracle(arch: str, layer: str):
     return x, A, G
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def base_explainer(arch: str, layer: str) -> Explainer:
     return Explainer(seeded_model(arch), layer, "gradcam")
 
@@ -35,7 +36,19 @@ def assert_close(raw: np.ndarray, ref: np.ndarray) -> None:
     assert err <= 1e-4 * scale, f"max abs diff {err:.3g} > 1e-4 x max {scale:.3g}"
 
 
-@pytest.mark.parametrize("method", list(reference.FORMULAS))
+#: every one-graph method of the registry (cam and the perturbation methods have tests of their own)
+ONE_GRAPH = exportable_methods()
+#: methods whose map is a channel sum of contributions, which eigen_smooth replaces
+SMOOTHABLE = tuple(n for n in ONE_GRAPH if METHODS[n].weights is not None or METHODS[n].contributions is not None)
+
+
+def test_every_method_has_a_reference_formula():
+    missing = [n for n in ONE_GRAPH if n not in reference.FORMULAS]
+    missing += [n for n in SMOOTHABLE if n not in reference.CONTRIBUTIONS]
+    assert not missing, f"add the float64 formula of {missing} to tests/reference.py"
+
+
+@pytest.mark.parametrize("method", ONE_GRAPH)
 @pytest.mark.parametrize("arch,layer", ARCHITECTURES, ids=[a for a, _ in ARCHITECTURES])
 def test_method_matches_float64_reference(arch, layer, method):
     x, A, G = oracle(arch, layer)
@@ -66,23 +79,13 @@ def test_cam_refuses_heads_that_are_not_pool_plus_linear(arch, layer):
         base_explainer(arch, layer).with_method("cam")
 
 
-CONTRIBUTIONS = {  # per-channel contributions whose channel sum is each method's map (before ReLU)
-    "gradcam": lambda A, G: G.mean(axis=(2, 3))[:, :, None, None] * A,
-    "gradcam++": lambda A, G: (reference.gradcam_pp_weights(A, G))[:, :, None, None] * A,
-    "xgradcam": lambda A, G: ((G * A).sum(axis=(2, 3)) / (A.sum(axis=(2, 3)) + 1e-7))[:, :, None, None] * A,
-    "hirescam": lambda A, G: G * A,
-    "gradcam-elementwise": lambda A, G: reference.relu(G * A),
-    "layercam": lambda A, G: reference.relu(G) * A,
-}
-
-
-@pytest.mark.parametrize("method", list(CONTRIBUTIONS))
+@pytest.mark.parametrize("method", SMOOTHABLE)
 @pytest.mark.parametrize("arch,layer", [("resnet18", "layer4"), ("efficientnet-lite0", "_conv_head")],
                          ids=["resnet18", "efficientnet-lite0"])
 def test_eigen_smooth_is_the_first_component_of_the_contributions(arch, layer, method):
     x, A, G = oracle(arch, layer)
     result = base_explainer(arch, layer).with_method(method)(x, TARGETS, eigen_smooth=True)
-    assert_close(result.raw.double().numpy(), reference.first_component(CONTRIBUTIONS[method](A, G)))
+    assert_close(result.raw.double().numpy(), reference.first_component(reference.CONTRIBUTIONS[method](A, G)))
 
 
 def test_eigen_smooth_leaves_eigencam_alone():

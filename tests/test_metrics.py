@@ -1,4 +1,4 @@
-"""Faithfulness metrics against hand-computed tiny cases."""
+"""explainer.metrics: faithfulness metrics against hand-computed tiny cases."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ablation-CAM and Score-CAM against plain float64 loops over channels (and pytorch-grad-cam if installed)."""
+"""explainer.methods.ablationcam, explainer.methods.scorecam: Ablation-CAM and Score-CAM against plain float64 loops over channels (and pytorch-grad-cam if installed)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from explainer import Explainer, MethodError
 from tests import reference
-from tests.conftest import calibrated_model, random_input
+from tests.helpers import calibrated_model, random_input
 
 
 def float64_model_with_layer_output(model, layer):

@@ -1,4 +1,4 @@
-"""Normalisation, overlays, grids, preprocessing."""
+"""explainer.overlay, explainer.postprocess, explainer.imaging: normalisation, overlays, grids, preprocessing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The bundled EfficientNet-Lite0 with real ImageNet weights on the bundled photos."""
+"""explainer.models: the bundled EfficientNet-Lite0 with real ImageNet weights on the bundled photos."""
 
 from __future__ import annotations
 

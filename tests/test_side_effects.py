@@ -1,4 +1,4 @@
-"""No hooks, no flags changed, no .grad, no shared state between explainers or threads."""
+"""explainer.core: no hooks, no flags changed, no .grad, no shared state between explainers or threads."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from torch import nn
 from torch.nn.modules import module as module_globals
 
 from explainer import Explainer
-from tests.conftest import random_input, seeded_model
+from explainer.methods import exportable_methods
+from tests.helpers import random_input, seeded_model
 
 
 def hook_count(model: nn.Module) -> int:
@@ -65,7 +66,7 @@ def test_no_hooks_before_during_or_after_and_model_untouched():
     before = snapshot(model)
     assert hook_count(model) == 0
     exp = Explainer(model, "features")
-    for method in ("gradcam", "gradcam++", "layercam", "eigencam"):
+    for method in exportable_methods():
         exp.with_method(method)(random_input(2, 12), [0, 3])
     assert model.probe.seen and set(model.probe.seen) == {0}
     assert hook_count(model) == 0

@@ -1,4 +1,4 @@
-"""The fx split: head(backbone(x)) equals the model, skips are passed, names resolve."""
+"""explainer.split: the fx split: head(backbone(x)) equals the model, skips are passed, names resolve."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import nn
 
 from explainer import Explainer, LayerNotFoundError, TraceError, split_model
 from tests import reference
-from tests.conftest import random_input, seeded_model
+from tests.helpers import random_input, seeded_model
 
 CASES = [
     ("resnet18", "layer4"),
@@ -133,3 +133,23 @@ def test_from_parts_explains_an_untraceable_model():
 def test_module_called_twice_asks_for_a_node_name():
     with pytest.raises(LayerNotFoundError, match="_swish_1"):
         split_model(seeded_model("efficientnet-lite0"), "_swish")
+
+
+def test_imports_run_one_way():
+    """explainer (the eager library) <- export (graphs, runtimes) <- deploycam (CLI, bench)."""
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    allowed = {"explainer": {"explainer"}, "export": {"explainer", "export"}}
+    wrong = []
+    for package, may_import in allowed.items():
+        for path in (root / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in {"explainer", "export", "deploycam"} and top not in may_import:
+                        wrong.append(f"{path.relative_to(root)} imports {name}")
+    assert not wrong, wrong

@@ -1,4 +1,4 @@
-"""Targets beyond a class index: ClassTarget, SegmentationTarget, SimilarityTarget, per-image callables,
+"""explainer.targets: targets beyond a class index: ClassTarget, SegmentationTarget, SimilarityTarget, per-image callables,
 output_key, against the float64 oracle and the class-index path."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from torch import nn
 from explainer import Explainer, MethodError, ModelOutputError, TargetError
 from explainer.target_functions import ClassTarget, SegmentationTarget, SimilarityTarget
 from tests import reference
-from tests.conftest import calibrated_model, random_input, seeded_model
+from tests.helpers import calibrated_model, random_input, seeded_model
 
 SEGMENTATION = [("fcn_resnet50", "backbone.layer4"), ("deeplabv3_mobilenet_v3_large", "backbone.16")]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def segmentation_model(name: str) -> nn.Module:
     """FCN-ResNet50 with seeded weights; the MobileNet one calibrated (its default statistics shrink
     activations to ~1e-18)."""
@@ -32,7 +32,7 @@ def segmentation_model(name: str) -> nn.Module:
         return torchvision.models.get_model(name, weights=None, weights_backbone=None).eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def embedding_model() -> nn.Module:
     model = torchvision.models.resnet18()
     model.load_state_dict(seeded_model("resnet18").state_dict())

@@ -1,4 +1,4 @@
-"""Target forms, and K targets per image in one call equal K single-target calls."""
+"""explainer.scoring: target forms, and K targets per image in one call equal K single-target calls."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from explainer import Explainer
-from tests.conftest import random_input, seeded_model
+from explainer.methods import exportable_methods
+from tests.helpers import random_input, seeded_model
 
 
 @pytest.fixture(scope="module")
@@ -15,8 +16,7 @@ def exp():
     return Explainer(seeded_model("resnet18"), "layer4", "gradcam")
 
 
-@pytest.mark.parametrize("method", ["gradcam", "gradcam++", "xgradcam", "hirescam", "gradcam-elementwise",
-                                    "layercam", "eigencam", "eigengradcam", "cam"])
+@pytest.mark.parametrize("method", exportable_methods(linear_head=True))  # resnet18 @ layer4: pool + linear
 def test_k_targets_equal_k_single_calls(exp, method):
     m = exp.with_method(method)
     x = random_input(3, 64)

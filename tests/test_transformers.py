@@ -1,4 +1,4 @@
-"""Vision transformers through ``reshape``: token layers (ViT) and channels-last stages (Swin),
+"""explainer.reshape: vision transformers through ``reshape``: token layers (ViT) and channels-last stages (Swin),
 against the float64 oracle, plus the reshape errors."""
 
 from __future__ import annotations
@@ -12,14 +12,15 @@ import torchvision
 from torch import nn
 
 from explainer import Explainer, LayerShapeError, MethodError
+from explainer.methods import gradient_methods
 from explainer.reshape import ChannelsLast, TokenGrid
 from tests import reference
-from tests.conftest import random_input
+from tests.helpers import random_input
 
-GRADIENT_METHODS = ["gradcam", "gradcam++", "xgradcam", "hirescam", "gradcam-elementwise", "layercam", "eigengradcam"]
+GRADIENT_METHODS = gradient_methods()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_vit() -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -27,7 +28,7 @@ def tiny_vit() -> nn.Module:
                                                     hidden_dim=32, mlp_dim=64, num_classes=10).eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_swin() -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -35,7 +36,7 @@ def tiny_swin() -> nn.Module:
                                                   window_size=[4, 4], num_classes=10).eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def torchvision_model(name: str) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -51,5 +51,5 @@ def ablationcam_weights(activations: Tensor, probe: Probe) -> Tensor:
 
 METHOD = CamMethod(
     "ablationcam", perturbation_only, "relative score drop when each channel is zeroed (head-only forwards, no gradient)",
-    needs_gradient=False, perturbation=ablationcam_weights, needs_head_inverse=True,
+    needs_gradient=False, perturbation=ablationcam_weights, reruns_head=True, order=9,
 )

@@ -9,7 +9,11 @@ scores with respect to them to one raw map per image and target:
     returns:     (N, K, h, w)     -- or (N, 1, h, w) for class-agnostic methods
 
 Every function is plain tensor code (no Python branching on values), so the
-export issue can trace it with TorchScript or make_fx unchanged.
+exported graphs script or trace the very same functions.
+
+A new method is one module in this package that defines ``METHOD = CamMethod(...)``: the
+registry finds it, and the eager explainer, both exports, the CLI, the bench and the
+parametrised tests pick it up from there (its float64 formula goes in ``tests/reference.py``).
 """
 
 from __future__ import annotations
@@ -43,12 +47,30 @@ class Probe:
     head: Callable[..., Tensor]
     skips: tuple
     model: Callable[[Tensor], Tensor]
-    score: Callable[[Tensor, Tensor], Tensor]
+    score: Callable[[Tensor, Tensor | None], Tensor]
     num_targets: int
     images: Tensor
     batch_size: int = 32
     max_channels: int | None = None
     progress: bool = True
+
+    @classmethod
+    def for_parts(cls, backbone: Callable, head: Callable[..., Tensor], skips: tuple, images: Tensor,
+                  score: Callable[[Tensor, Tensor | None], Tensor], num_targets: int,
+                  select: Callable[[object], Tensor], batch_size: int = 32, max_channels: int | None = None,
+                  progress: bool = True) -> Probe:
+        """The probe for a split model: ``select`` picks the explained tensor from the head's output;
+        the head gets a copy of the activations (it may modify its input in place)."""
+        from explainer.pipeline import unpack_backbone
+
+        def model(x: Tensor) -> Tensor:
+            a, extra = unpack_backbone(backbone(x))
+            return select(head(a, *extra))
+
+        def head_on_copy(a: Tensor, *extra: Tensor) -> Tensor:
+            return select(head(a.clone(), *extra))
+
+        return cls(head_on_copy, skips, model, score, num_targets, images, batch_size, max_channels, progress)
 
     def skips_for(self, n: int, copies: int) -> tuple:
         """Image ``n``'s skips repeated ``copies`` times along the batch axis."""
@@ -71,7 +93,6 @@ class CamMethod:
         name: the registry key (``"gradcam"``).
         compute: ``(activations (N, C, h, w), gradients (N, K, C, h, w)) -> (N, K, h, w)``.
         needs_gradient: False for methods that only read activations (EigenCAM).
-        class_specific: False when the map is the same for every class.
         requires_linear_head: True when the method is only defined for heads that
             are global average pooling followed by a linear layer (CAM).
         weights: for methods of the form ``ReLU(sum_c w_c A_c)``: ``(activations, gradients) -> w (N, K, C)``.
@@ -81,8 +102,12 @@ class CamMethod:
         perturbation: for methods that re-run the head or the model on perturbed inputs
             (Ablation-CAM, Score-CAM) instead of using gradients: ``(activations, probe)
             -> channel weights (N, K, C)``; ``compute`` is then unused.
-        needs_head_inverse: True when the method feeds changed activations back to the head, so it
+        reruns_head: True when the method feeds changed activations back to the head, so it
             cannot work through a ``reshape`` (the head reads the layer's own layout).
+        reruns_model: True when the method re-runs the whole model per channel batch (seconds
+            per image: not for every frame).
+        aliases: other names :func:`explainer.methods.get_method` accepts.
+        order: where the method appears in listings (lower first; ties by name).
         summary: one line for help texts.
     """
 
@@ -90,12 +115,19 @@ class CamMethod:
     compute: CamFunction
     summary: str
     needs_gradient: bool = True
-    class_specific: bool = True
     requires_linear_head: bool = False
     weights: CamFunction | None = None
     contributions: CamFunction | None = None
     perturbation: PerturbationFunction | None = None
-    needs_head_inverse: bool = False
+    reruns_head: bool = False
+    reruns_model: bool = False
+    aliases: tuple[str, ...] = ()
+    order: int = 100
+
+    @property
+    def exportable(self) -> bool:
+        """True when the method is one graph (no perturbation loop): TorchScript and ONNX export it."""
+        return self.perturbation is None
 
 
 def perturbation_only(activations: Tensor, gradients: Tensor) -> Tensor:  # pragma: no cover - never called

@@ -23,5 +23,5 @@ def cam(activations: Tensor, gradients: Tensor) -> Tensor:
 
 METHOD = CamMethod(
     "cam", cam, "classifier weights of a global-average-pool + linear head",
-    requires_linear_head=True, weights=cam_weights,
+    requires_linear_head=True, weights=cam_weights, order=8,
 )

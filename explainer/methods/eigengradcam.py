@@ -3,7 +3,7 @@
 from torch import Tensor
 
 from explainer.methods.base import CamMethod
-from explainer.methods.eigencam import principal_projection
+from explainer.principal import principal_projection
 
 
 def eigengradcam(activations: Tensor, gradients: Tensor) -> Tensor:
@@ -13,4 +13,4 @@ def eigengradcam(activations: Tensor, gradients: Tensor) -> Tensor:
     return principal_projection(product).reshape(n, k, h, w)
 
 
-METHOD = CamMethod("eigengradcam", eigengradcam, "first principal component of gradient x activation")
+METHOD = CamMethod("eigengradcam", eigengradcam, "first principal component of gradient x activation", order=7)

@@ -15,4 +15,4 @@ def gradcam(activations: Tensor, gradients: Tensor) -> Tensor:
     return weighted_sum(gradcam_weights(activations, gradients), activations)
 
 
-METHOD = CamMethod("gradcam", gradcam, "channel weight = mean gradient over space", weights=gradcam_weights)
+METHOD = CamMethod("gradcam", gradcam, "channel weight = mean gradient over space", weights=gradcam_weights, order=0)

@@ -17,4 +17,4 @@ def gradcam_elementwise(activations: Tensor, gradients: Tensor) -> Tensor:
 
 
 METHOD = CamMethod("gradcam-elementwise", gradcam_elementwise, "ReLU of gradient x activation, summed over channels",
-                   contributions=elementwise_contributions)
+                   contributions=elementwise_contributions, aliases=("gradcamelementwise",), order=4)

@@ -28,4 +28,4 @@ def gradcam_plus_plus(activations: Tensor, gradients: Tensor) -> Tensor:
 
 
 METHOD = CamMethod("gradcam++", gradcam_plus_plus, "second-order weighting of positive gradients",
-                   weights=gradcam_plus_plus_weights)
+                   weights=gradcam_plus_plus_weights, aliases=("gradcampp", "gradcam-plus-plus"), order=1)

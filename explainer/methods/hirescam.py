@@ -17,4 +17,4 @@ def hirescam(activations: Tensor, gradients: Tensor) -> Tensor:
 
 
 METHOD = CamMethod("hirescam", hirescam, "element-wise gradient x activation, summed over channels",
-                   contributions=hirescam_contributions)
+                   contributions=hirescam_contributions, order=3)

@@ -17,4 +17,4 @@ def layercam(activations: Tensor, gradients: Tensor) -> Tensor:
 
 
 METHOD = CamMethod("layercam", layercam, "positive gradients as per-pixel weights",
-                   contributions=layercam_contributions)
+                   contributions=layercam_contributions, order=5)

@@ -54,5 +54,5 @@ def scorecam_weights(activations: Tensor, probe: Probe) -> Tensor:
 
 METHOD = CamMethod(
     "scorecam", perturbation_only, "softmax of the target logit on images masked by each channel (model forwards)",
-    needs_gradient=False, perturbation=scorecam_weights,
+    needs_gradient=False, perturbation=scorecam_weights, reruns_model=True, order=10,
 )

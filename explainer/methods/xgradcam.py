@@ -20,4 +20,4 @@ def xgradcam(activations: Tensor, gradients: Tensor) -> Tensor:
 
 
 METHOD = CamMethod("xgradcam", xgradcam, "gradient x activation, normalised by the channel's activation sum",
-                   weights=xgradcam_weights)
+                   weights=xgradcam_weights, order=2)

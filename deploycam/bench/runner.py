@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from explainer.bench.cases import OWN_RUNTIMES, Case, Unavailable, Workbench
+from deploycam.bench.cases import OWN_RUNTIMES, Case, Unavailable, Workbench
 from explainer.timing import median_ms, paired_ms
 
 
@@ -61,7 +61,7 @@ def run_cases(cases: Iterable[Case], workbench: Workbench, rounds: int = 10, war
                 result.floor_spread = paired.floor_spread
             result.samples = rounds
             if memory:
-                from explainer.bench.memory import measure
+                from deploycam.bench.memory import measure
 
                 result.memory = measure(workbench.workdir, case)
         except Unavailable as exc:
@@ -101,7 +101,7 @@ def environment() -> dict:
             "cpu": platform.processor() or platform.machine()}
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpu:
-            info["cpu"] = next((l.split(":", 1)[1].strip() for l in cpu if l.startswith("model name")), info["cpu"])
+            info["cpu"] = next((line.split(":", 1)[1].strip() for line in cpu if line.startswith("model name")), info["cpu"])
     except OSError:
         pass
     if torch.cuda.is_available():

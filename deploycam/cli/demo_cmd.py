@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
-from explainer.cli.args import add_picture_args, check_alpha, check_output_dir, check_positive
+from deploycam.cli.args import add_picture_args, check_alpha, check_output_dir, check_positive
 
 CAT, ESPRESSO = 285, 967
 
@@ -31,11 +32,11 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
 
-    from explainer.cli.common import explain_batch, format_classes
+    from deploycam.cli.common import explain_batch, format_classes
     from explainer.core import Explainer
     from explainer.imaging import Preprocess, sample_images
     from explainer.labels import label_of
-    from explainer.methods import METHODS
+    from explainer.methods import METHODS, per_frame_methods
     from explainer.models import load_model
     from explainer.overlay import make_grid, save_png
     from explainer.timing import NOISY_SPREAD, paired_ms
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     pair_path = os.path.join(args.out, "side_by_side_gradcam.png")
     save_png(pair_path, make_grid(pair, list(both.cams[0]), titles, args.colormap, args.alpha))
     half = both.cams.shape[-1] // 2
-    for k, (cls, title) in enumerate(zip((CAT, ESPRESSO), titles)):
+    for k, title in enumerate(titles):
         left, right = both.cams[0, k, :, :half].mean().item(), both.cams[0, k, :, half:].mean().item()
         print(f"  side by side: map for {title!r} mean left (cat) {left:.2f} / right (coffee) {right:.2f}")
     print(f"wrote {sum(len(r.files) for r in results) + 1} PNGs to {os.path.abspath(args.out)}")
@@ -82,13 +83,12 @@ def run(args: argparse.Namespace) -> int:
             model(batch)
 
     rows = []
-    for name, spec in METHODS.items():
-        if spec.requires_linear_head or name == "scorecam":
-            continue  # cam: needs a pooling + linear head; scorecam: 1280 model forwards, seconds per image
+    for name in per_frame_methods():  # not cam (needs a pooling + linear head) nor scorecam (seconds per image)
         method = explainer.with_method(name)
-        slow = spec.perturbation is not None
-        rows.append((f"eager {name}", paired_ms(lambda: method(batch), plain, max(2, args.repeat // 5) if slow
-                                                else args.repeat, warmup=1 if slow else 2)))
+        slow = not METHODS[name].exportable
+        rows.append((f"eager {name}", paired_ms(functools.partial(method, batch), plain,
+                                                max(2, args.repeat // 5) if slow else args.repeat,
+                                                warmup=1 if slow else 2)))
     if runtimes:
         plain_ort, ort_cam, ts_cam = runtimes["plain"], runtimes["onnx"], runtimes["torchscript"]
         feed = {"input": batch.numpy()}
@@ -115,6 +115,7 @@ def _export(explainer, model, name: str, batch, out: str) -> dict:
     import onnxruntime as ort
 
     from export import compare, load, model_to_onnx, to_onnx, to_torchscript
+    from export.runtime import session_options
 
     example = batch.expand(2, -1, -1, -1).contiguous()
     paths = {fmt: os.path.join(out, f"{name}_gradcam.{ext}") for fmt, ext in (("onnx", "onnx"), ("torchscript", "pt"))}
@@ -131,7 +132,5 @@ def _export(explainer, model, name: str, batch, out: str) -> dict:
         check = compare(explainer, rt, batch)
         print(f"  {rt.backend:<34} same class as eager: {check.same_classes}, max |cam - eager| = {check.max_diff:.1e}")
         runtimes[fmt] = rt
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    runtimes["plain"] = ort.InferenceSession(plain_path, options, providers=["CPUExecutionProvider"])
+    runtimes["plain"] = ort.InferenceSession(plain_path, session_options(spin=False), providers=["CPUExecutionProvider"])
     return runtimes

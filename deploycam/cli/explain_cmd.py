@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from explainer.cli.args import (
+from deploycam.cli.args import (
     add_model_args,
     add_picture_args,
     check_alpha,
@@ -15,6 +17,9 @@ from explainer.cli.args import (
     check_positive,
 )
 from explainer.errors import InputError
+
+if TYPE_CHECKING:
+    from explainer.explanation import Explanation
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from explainer.cli.common import (
+    from deploycam.cli.common import (
         existing_outputs,
         explain_batch,
         format_classes,
@@ -68,17 +73,18 @@ def run(args: argparse.Namespace) -> int:
     from explainer.methods import get_method
 
     device = check_device(args.device)
+    explain: Callable[..., Explanation]  # the eager Explainer or an exported graph's runtime: one call
     paths = list(iter_image_paths(args.paths))
     if not paths:
         raise InputError(f"no image files found in {', '.join(args.paths)}")
     if args.runtime:
         from export import load
 
-        explainer = load(args.runtime, device=device)
-        if explainer.info.part != "full":
-            raise InputError(f"{args.runtime} is a part={explainer.info.part!r} graph; explaining images needs part='full'")
-        method = explainer.info.method
-        what = f"{explainer.info.method} at {explainer.info.layer}, {explainer.backend}"
+        runtime = load(args.runtime, device=device)
+        if runtime.info.part != "full":
+            raise InputError(f"{args.runtime} is a part={runtime.info.part!r} graph; explaining images needs part='full'")
+        method, explain = runtime.info.method, runtime
+        what = f"{runtime.info.method} at {runtime.info.layer}, {runtime.backend}"
     else:
         method = get_method(args.method).name  # an unknown name fails here, before the model loads
     stems = output_stems(paths)
@@ -91,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         loaded = model_from_args(args)
         explainer = Explainer(loaded.model.to(device), args.layer or loaded.layer, method,
                               reshape=args.reshape or loaded.reshape)
+        explain = explainer
         what = f"{explainer.method.name} at {explainer.layer} of {loaded.name}"
     preprocess = Preprocess(resize=args.resize)
     os.makedirs(args.out, exist_ok=True)
@@ -110,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
                     bar.update(1)
             if not images:
                 continue
-            results = explain_batch(explainer, names, images, preprocess, args.out, args.classes,
+            results = explain_batch(explain, names, images, preprocess, args.out, args.classes,
                                     args.topk, args.colormap, args.alpha, device, args.aug_smooth,
                                     args.eigen_smooth, stems=[stems[n] for n in names])
             for r in results:

@@ -6,11 +6,13 @@ import copy
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import fx, nn
 
 from explainer.core import Explainer
+from explainer.methods import exportable_methods
 from explainer.models import load_model
 
 #: model name -> target layer ("its last conv block"), 224 x 224 inputs.
@@ -20,7 +22,8 @@ MODELS: dict[str, str] = {
     "vgg16": "features",
     "efficientnet-lite0": "_conv_head",
 }
-EAGER_METHODS = ("gradcam", "gradcam++", "layercam", "eigencam")
+#: every one-graph method of the registry (a new method file is benchmarked without another edit)
+EAGER_METHODS = exportable_methods()
 PEERS = {
     "pytorch-grad-cam": ("gradcam", "gradcam++", "layercam", "eigencam"),
     "torchcam": ("gradcam",),
@@ -91,7 +94,7 @@ class Workbench:
         os.makedirs(workdir, exist_ok=True)
         self.seed = seed
         self._models: dict[tuple[str, str], nn.Module] = {}
-        self._cache: dict[tuple, object] = {}
+        self._cache: dict[tuple, Any] = {}
 
     def model(self, name: str, device: str) -> nn.Module:
         key = (name, device)
@@ -166,6 +169,7 @@ class Workbench:
         except ImportError as exc:
             raise Unavailable("onnxruntime is not installed") from exc
         from export import model_to_onnx, to_onnx
+        from export.runtime import session_options
 
         provider = "CUDAExecutionProvider" if case.device.startswith("cuda") else "CPUExecutionProvider"
         if provider not in ort.get_available_providers():
@@ -178,10 +182,7 @@ class Workbench:
                 model_to_onnx(cpu_model, path, example)
             else:
                 to_onnx(Explainer(cpu_model, layer, case.method), path, example)
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # see DESIGN-NOTES
-        options.intra_op_num_threads = torch.get_num_threads()
-        session = ort.InferenceSession(path, options, providers=[provider])
+        session = ort.InferenceSession(path, session_options(torch.get_num_threads(), spin=False), providers=[provider])
         feed = {"input": x.cpu().numpy()}
         if case.method != "plain":
             feed["target"] = targets.cpu().numpy()

@@ -5,6 +5,6 @@ turns it into a zero-argument callable to time, building models, explainers,
 exported graphs and peer-library objects once and caching them.
 """
 
-from explainer.bench.cases import Case, Unavailable, Workbench, all_cases
+from deploycam.bench.cases import Case, Unavailable, Workbench, all_cases
 
 __all__ = ["Case", "Unavailable", "Workbench", "all_cases"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from explainer.bench.runner import Result
+from deploycam.bench.runner import Result
 from explainer.timing import NOISY_SPREAD
 
 

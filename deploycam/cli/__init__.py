@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from explainer.cli import bench_cmd, demo_cmd, evaluate_cmd, explain_cmd, export_cmd, layers_cmd
+from deploycam.cli import bench_cmd, demo_cmd, evaluate_cmd, explain_cmd, export_cmd, layers_cmd
 from explainer.errors import DeployCamError
 
 _COMMANDS = (demo_cmd, explain_cmd, export_cmd, layers_cmd, evaluate_cmd, bench_cmd)

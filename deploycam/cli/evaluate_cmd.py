@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 
-from explainer.cli.args import add_model_args, check_output_dir, check_positive
+from deploycam.cli.args import add_model_args, check_output_dir, check_positive
 from explainer.errors import InputError
 
 COLUMNS = ("ms/img", "deletion", "insertion", "avg drop %", "increase %")
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from explainer.cli.common import iter_image_paths, model_from_args
+    from deploycam.cli.common import iter_image_paths, model_from_args
     from explainer.core import Explainer
     from explainer.imaging import Preprocess, load_image
     from explainer.methods import get_method
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
             explainer = base.with_method(name)
             bar.set_postfix_str(name)
             cams = explainer(x, targets).cams  # also the warm-up call
-            ms = median_ms(lambda: explainer(x, targets), warmup=0, repeat=args.repeat) / len(paths)
+            ms = median_ms(functools.partial(explainer, x, targets), warmup=0, repeat=args.repeat) / len(paths)
             sums = dict.fromkeys(COLUMNS[1:] + ((ROAD_COLUMN,) if args.road else ()), 0.0)
             for i in range(len(paths)):
                 one, cam, target = x[i:i + 1], cams[i:i + 1], targets[i:i + 1]

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from explainer.cli.args import add_model_args, check_output_file, check_positive
+from deploycam.cli.args import add_model_args, check_output_file, check_positive
 from explainer.errors import DeployCamError, InputError
 
 SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pth": "torchscript"}
@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     start = _step(f"loading {args.model}")
     import torch
 
-    from explainer.cli.common import model_from_args
+    from deploycam.cli.common import model_from_args
     from explainer.core import Explainer
     from explainer.methods import get_method
     from export import compare, load, to_onnx, to_torchscript

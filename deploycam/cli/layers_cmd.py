@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from explainer.cli.args import add_model_args, check_positive
+from deploycam.cli.args import add_model_args, check_positive
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_layers(args: argparse.Namespace) -> int:
     check_positive("--size", args.size)
-    from explainer.cli.common import model_from_args
+    from deploycam.cli.common import model_from_args
     from explainer.layers import list_layers
 
     loaded = model_from_args(args, quiet=True)

@@ -7,9 +7,9 @@ import os
 import sys
 import tempfile
 
-from explainer.cli.args import check_device, check_output_dir, check_positive
+from deploycam.cli.args import check_device, check_output_dir, check_positive
 
-#: the models --models accepts: explainer.bench.cases.MODELS's keys, listed here so --help needs no torch
+#: the models --models accepts: deploycam.bench.cases.MODELS's keys, listed here so --help needs no torch
 #: (tests/test_bench.py checks the two agree)
 BENCH_MODELS = ("resnet50", "mobilenet_v3_large", "vgg16", "efficientnet-lite0")
 
@@ -39,9 +39,9 @@ def run(args: argparse.Namespace) -> int:
         check_output_dir(args.workdir)
     device = check_device(args.device)
 
-    from explainer.bench import report
-    from explainer.bench.cases import MODELS, Workbench, all_cases
-    from explainer.bench.runner import environment, run_cases
+    from deploycam.bench import report
+    from deploycam.bench.cases import MODELS, Workbench, all_cases
+    from deploycam.bench.runner import environment, run_cases
     models = args.models or (["efficientnet-lite0", "resnet50"] if args.quick else list(MODELS))
     batches = args.batches or ([1] if args.quick else [1, 8])
     rounds = args.rounds or (5 if args.quick else 15)

@@ -4,7 +4,7 @@ CPU: the rise of the resident set over its level just before the case runs (Linu
 VmHWM, reset through /proc/self/clear_refs, so building models and exporting graphs
 beforehand does not count). CUDA: ``torch.cuda.max_memory_allocated`` over the same span.
 
-    python -m explainer.bench.memory WORKDIR '{"model": ..., "batch": ..., ...}'   # prints JSON
+    python -m deploycam.bench.memory WORKDIR '{"model": ..., "batch": ..., ...}'   # prints JSON
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 
 import torch
 
-from explainer.bench.cases import Case, Unavailable, Workbench
+from deploycam.bench.cases import Case, Unavailable, Workbench
 
 
 def _status_kb(field: str) -> int | None:
@@ -65,7 +65,7 @@ def measure_here(workdir: str, case: Case, runs: int = 3) -> dict:
 def measure(workdir: str, case: Case, timeout: float = 900) -> dict | None:
     """:func:`measure_here` in a fresh subprocess; None when the case is unavailable there."""
     result = subprocess.run(
-        [sys.executable, "-m", "explainer.bench.memory", workdir, json.dumps(case.to_dict()),
+        [sys.executable, "-m", "deploycam.bench.memory", workdir, json.dumps(case.to_dict()),
          str(torch.get_num_threads())],
         capture_output=True, text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )

@@ -1,0 +1,7 @@
+"""``python -m deploycam.cli``."""
+
+import sys
+
+from deploycam.cli import main
+
+sys.exit(main())
