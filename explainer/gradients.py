@@ -47,16 +47,23 @@ def resolve_target(logits: Tensor, target: Optional[Tensor]) -> Tensor:
     return torch.where(target < 0, best, target.to(best.dtype))
 
 
-def single_target_gradient(logits: Tensor, activations: Tensor, target: Tensor) -> Tensor:
-    """d logits[n, target[n]] / d activations as ``(N, 1, C, h, w)``; ``target`` is ``(N,)`` long.
+def one_hot_target(logits: Tensor, target: Optional[Tensor]) -> Tensor:
+    """``(N, K)`` in the logits' dtype: 1 at each image's chosen class (:func:`resolve_target`), all 0 for
+    an out-of-range target. Every exported graph scores with it. TorchScript-compatible."""
+    chosen = resolve_target(logits.detach(), target)
+    classes = torch.arange(logits.shape[1], device=logits.device)
+    return (classes.unsqueeze(0) == chosen.unsqueeze(1)).to(logits.dtype)
 
-    The score is a one-hot product, not an index, so a target outside ``[0, classes)``
-    selects nothing and gives a zero gradient (an all-zero map), as in the ONNX graphs.
+
+def single_target_gradient(logits: Tensor, activations: Tensor, target: Optional[Tensor]) -> Tensor:
+    """d logits[n, target[n]] / d activations as ``(N, 1, C, h, w)``; ``target`` ``(N,)`` long (negative or
+    None: argmax).
+
+    The score is a one-hot product (:func:`one_hot_target`), not an index, so a target outside
+    ``[0, classes)`` selects nothing and gives a zero gradient (an all-zero map), as in the ONNX graphs.
     TorchScript-compatible: the exported TorchScript graphs call this same function.
     """
-    classes = torch.arange(logits.shape[1], device=logits.device)
-    one_hot = (classes.unsqueeze(0) == target.unsqueeze(1)).to(logits.dtype)
-    score = (logits * one_hot).sum()
+    score = (logits * one_hot_target(logits, target)).sum()
     grad = torch.autograd.grad([score], [activations])[0]
     assert grad is not None
     return grad.unsqueeze(1)

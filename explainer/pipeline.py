@@ -8,9 +8,10 @@
       -> method                            -> raw maps (N, K, h, w)
       -> finish_maps: min-max normalise, bilinear upsample to (H, W) -> cams
 
-The eager :class:`~explainer.core.Explainer`, :mod:`export.torchscript` and
-:mod:`export.onnx_graph` call these same functions (and :func:`explainer.gradients.resolve_target`
-for the one target convention: negative means argmax), so the formats cannot drift apart.
+The eager :class:`~explainer.core.Explainer` and the exported graphs (one
+:class:`export.graph.ExplanationGraph` for TorchScript and ONNX alike) call these same functions,
+and score targets with :func:`explainer.gradients.one_hot_target` (one convention: negative means
+argmax), so the formats cannot drift apart.
 """
 
 from __future__ import annotations

@@ -33,22 +33,16 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from explainer.core import Explainer
 from explainer.errors import ExportError
-from explainer.gradients import resolve_target
+from explainer.gradients import one_hot_target
 from explainer.head_structure import find_linear_head
-from explainer.pipeline import finish_maps, unpack_backbone
 from explainer.tracing_lock import tracing
 from export.decompositions import gradient_decompositions
-from export.parts import GraphInfo, check_destination, export_parts, method_module
+from export.graph import AnalyticStep, ExplanationGraph, TracedStep, forward_step
+from export.parts import AsTuple, GraphInfo, check_destination, export_parts, head_caller, method_module
 
 METADATA_KEY = "deploycam"
 #: Opsets the dynamo exporter of torch 2.14 writes natively (below 18 it would convert and may silently stay at 18).
 SUPPORTED_OPSETS = range(18, 24)
-
-
-def _one_hot(logits: Tensor, target: Tensor) -> Tensor:
-    """``(N, K)`` in the logits' dtype: 1 at each image's chosen class, all 0 for an out-of-range target."""
-    chosen = resolve_target(logits, target)
-    return (torch.arange(logits.shape[1], device=logits.device) == chosen[:, None]).to(logits.dtype)
 
 
 def _is_global_pool(head: fx.GraphModule, node: fx.Node) -> bool:
@@ -115,7 +109,7 @@ def trace_gradient_step(head: nn.Module, activations: Tensor, target: Tensor, sk
     def step(a: Tensor, t: Tensor, *extra: Tensor):
         def score(leaf: Tensor):
             logits = head(leaf.clone(), *extra)
-            return (logits * _one_hot(logits, t)).sum(), logits
+            return (logits * one_hot_target(logits, t)).sum(), logits
 
         grads, logits = torch.func.grad(score, has_aux=True)(a)
         return logits, grads
@@ -146,54 +140,6 @@ def _check_batch_symbolic(traced: fx.GraphModule, example_batch: int) -> None:
     )
 
 
-class AnalyticGradientStep(nn.Module):
-    """For global-average-pool + linear heads: d logit_k / dA[c, i, j] = W[k, c] / (h w), exactly."""
-
-    weight: Tensor
-
-    def __init__(self, head: nn.Module, weight: Tensor) -> None:
-        super().__init__()
-        self.head = head
-        self.register_buffer("weight", weight.detach().clone(), persistent=False)
-
-    def forward(self, activations: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        logits = self.head(activations.clone())  # clone: the head may modify its input in place
-        h, w = activations.shape[-2], activations.shape[-1]
-        # a one-hot product, not an index: an out-of-range target gives zeros, as the traced step does
-        grads = ((_one_hot(logits, target) @ self.weight) / (h * w))[:, :, None, None].expand(activations.shape)
-        return logits, grads
-
-
-class ForwardStep(nn.Module):
-    """For methods without a gradient (Eigen-CAM): the head's logits; the activations stand in for the
-    gradient argument the method ignores."""
-
-    def __init__(self, head: nn.Module) -> None:
-        super().__init__()
-        self.head = head
-
-    def forward(self, activations: Tensor, target: Tensor, *skips: Tensor) -> tuple[Tensor, Tensor]:
-        return self.head(activations.clone(), *skips), activations  # clone: heads may ReLU in place (DenseNet)
-
-
-class OnnxExplanation(nn.Module):
-    """``forward(input, target) -> (logits (N, K), cam)``; backbone None for part "head"."""
-
-    def __init__(self, backbone: nn.Module | None, step: nn.Module, method: nn.Module, upsample: bool) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.step = step
-        self.method = method
-        self.upsample = upsample
-
-    def forward(self, input: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
-        activations, skips = unpack_backbone(self.backbone(input)) if self.backbone is not None else (input, ())
-        logits, grads = self.step(activations, target, *skips)
-        cam = finish_maps(self.method(activations, grads.unsqueeze(1)), input.shape[-2], input.shape[-1],
-                          self.upsample)
-        return logits, cam[:, 0]
-
-
 def build_onnx_module(explainer: Explainer, example_input: Tensor, part: str = "full",
                       dynamic_batch: bool = True) -> tuple[nn.Module, tuple[Tensor, Tensor], GraphInfo]:
     """The module to export, example arguments, and metadata.
@@ -210,15 +156,18 @@ def build_onnx_module(explainer: Explainer, example_input: Tensor, part: str = "
         parts = export_parts(explainer, example_input, part, "onnx")
     target = torch.zeros(parts.activations.shape[0], dtype=torch.long, device=parts.activations.device)
     linear = None if parts.skips else find_linear_head(parts.head)[0] if isinstance(parts.head, fx.GraphModule) else None
+    n_packed = 1 + (len(parts.skips) if part == "full" else 0)
     if not parts.method.needs_gradient:
-        step: nn.Module = ForwardStep(parts.head)
+        step: nn.Module = forward_step(head_caller(parts.head, n_packed), n_packed)
     elif linear is not None:
-        step = AnalyticGradientStep(parts.head, linear.weight)
+        step = AnalyticStep(parts.head, linear.weight)
     else:
-        step = trace_gradient_step(onnx_friendly_head(parts.head), parts.activations, target, parts.skips,
-                                   dynamic_batch)
-    backbone = parts.backbone if part == "full" else None
-    module = OnnxExplanation(backbone, step, method_module(parts.method), upsample=part == "full")
+        step = TracedStep(trace_gradient_step(onnx_friendly_head(parts.head), parts.activations, target, parts.skips,
+                                              dynamic_batch))
+    backbone = parts.backbone if part == "full" else AsTuple()
+    # the gradient is already inside the traced step: the exported graph itself runs forward only
+    module = ExplanationGraph(backbone, step, method_module(parts.method), needs_gradient=False,
+                              upsample=part == "full")
     object.__setattr__(module, "training", False)
     first = example_input if part == "full" else parts.activations
     return module, (first, target), parts.info

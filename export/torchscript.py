@@ -16,79 +16,28 @@ gradient) nor re-trace it with ``torch.jit.trace`` (it bakes in the batch size).
 
 import os
 import warnings
-from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from explainer.core import Explainer
 from explainer.errors import ExportError
-from explainer.gradients import resolve_target, single_target_gradient
-from explainer.pipeline import finish_maps
 from explainer.tracing_lock import tracing
+from export.graph import ExplanationGraph, autograd_step, forward_step
 from export.parts import AsTuple, GraphInfo, check_destination, export_parts, head_caller, method_module
 
 METADATA_FILE = "deploycam.json"
 
 
-class ScriptableExplanation(nn.Module):
-    """``forward(input, target=None) -> (logits (N, K), cam)``, written for ``torch.jit.script``.
-
-    ``input`` is the image ``(N, 3, H, W)`` (part "full"; ``cam`` is ``(N, H, W)``) or the
-    activations ``(N, C, h, w)`` (part "head"; ``cam`` is ``(N, h, w)``); ``target`` is
-    ``(N,)`` int64, or None for each image's argmax. Maps are min-max normalised.
-    """
-
-    needs_gradient: bool
-    upsample: bool
-
-    def __init__(self, backbone: nn.Module, head: nn.Module, method: nn.Module, needs_gradient: bool,
-                 upsample: bool) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.head = head
-        self.method = method
-        self.needs_gradient = needs_gradient
-        self.upsample = upsample
-
-    def forward(self, input: Tensor, target: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        if self.needs_gradient and not torch.is_grad_enabled():
-            # TorchScript's executor chooses its plan by the grad mode at entry: entered without grad
-            # it strips autograd from the second call on, and the gradient below would fail.
-            raise RuntimeError(
-                "deploycam: this graph computes a gradient; call it with grad mode enabled "
-                "(not under torch.no_grad()/torch::NoGradGuard, nor inference mode)"
-            )
-        # Grad mode is only ever changed by `with torch.no_grad()` blocks, which restore it on every
-        # path, errors included: a failing call leaves the caller's thread as it was.
-        with torch.no_grad():
-            packed = self.backbone(input)
-        activations = packed[0]
-        if activations.dim() != 4 or activations.size(2) * activations.size(3) == 1:
-            raise RuntimeError(
-                "deploycam: the target layer's output for this input is not a spatial map larger than 1x1 "
-                "(the input is too small for this graph)"
-            )
-        if self.needs_gradient:
-            leaf = activations.detach().requires_grad_(True)
-            logits = self.head(leaf.clone(), packed)
-            chosen = resolve_target(logits.detach(), target)
-            gradients = single_target_gradient(logits, leaf, chosen)
-        else:
-            with torch.no_grad():
-                logits = self.head(activations.clone(), packed)
-            gradients = activations.new_empty(0)
-        cam = finish_maps(self.method(activations, gradients), input.shape[-2], input.shape[-1], self.upsample)
-        return logits.detach(), cam[:, 0]
-
-
 def build_scriptable(explainer: Explainer, example_input: Tensor, part: str = "full") -> tuple[nn.Module, GraphInfo]:
-    """The (not yet scripted) module and its metadata; see :class:`ScriptableExplanation`."""
+    """The (not yet scripted) :class:`~export.graph.ExplanationGraph` with the autograd step, and its metadata."""
     parts = export_parts(explainer, example_input, part, "torchscript")
     backbone = parts.backbone if part == "full" else AsTuple()
     n_packed = 1 + (len(parts.skips) if part == "full" else 0)
-    module = ScriptableExplanation(backbone, head_caller(parts.head, n_packed), method_module(parts.method),
-                                   parts.method.needs_gradient, upsample=part == "full")
+    caller = head_caller(parts.head, n_packed)
+    step = autograd_step(caller, n_packed) if parts.method.needs_gradient else forward_step(caller, n_packed)
+    module = ExplanationGraph(backbone, step, method_module(parts.method), parts.method.needs_gradient,
+                              upsample=part == "full")
     object.__setattr__(module, "training", False)  # the wrapper only; shared submodules keep their flags
     return module, parts.info
 
