@@ -91,17 +91,6 @@ def check_grad_mode() -> None:
         )
 
 
-def check_options(batch_size: int, max_channels: int | None, progress: bool) -> None:
-    """The perturbation methods' options: :class:`MethodError` for a bad value or type."""
-    if not isinstance(progress, bool):
-        raise MethodError(f"progress must be True or False, got {progress!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise MethodError(f"batch_size must be an integer >= 1 (perturbed copies per forward), got {batch_size!r}")
-    if max_channels is not None and (isinstance(max_channels, bool) or not isinstance(max_channels, int)
-                                     or max_channels < 1):
-        raise MethodError(f"max_channels must be None (all channels) or an integer >= 1, got {max_channels!r}")
-
-
 def check_method_fits(method: CamMethod, head: object, layer: str, reshape: object | None) -> None:
     """:class:`MethodError` / :class:`GradModeError` when ``method`` cannot run on ``head`` at ``layer``.
 

@@ -21,11 +21,10 @@ from explainer.checks import (
     check_grad_mode,
     check_input,
     check_method_fits,
-    check_options,
     check_output,
     model_device_dtype,
 )
-from explainer.errors import InputError, NonFiniteError
+from explainer.errors import InputError, MethodError, NonFiniteError
 from explainer.explanation import Explanation
 from explainer.gradients import score_gradients
 from explainer.methods import CamMethod, Probe, get_method
@@ -70,7 +69,7 @@ class Explainer:
         method: str | CamMethod = "gradcam",
         *,
         leaf_modules: Iterable[LeafSpec] = (),
-        batch_size: int = 32,
+        batch_size: int | None = None,
         max_channels: int | None = None,
         progress: bool = True,
         output_key: OutputKey = None,
@@ -90,7 +89,7 @@ class Explainer:
         *,
         layer: str = "activations",
         in_channels: int | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         max_channels: int | None = None,
         progress: bool = True,
         output_key: OutputKey = None,
@@ -108,15 +107,17 @@ class Explainer:
                     layer=layer, in_channels=in_channels)
         return self
 
-    def _setup(self, method: str | CamMethod, batch_size: int, max_channels: int | None, progress: bool,
+    def _setup(self, method: str | CamMethod, batch_size: int | None, max_channels: int | None, progress: bool,
                output_key: OutputKey, reshape: str | Reshape | None, *, model: nn.Module | None = None,
                target_layer: LayerSpec = "", leaf_modules: tuple[LeafSpec, ...] = (),
                parts: tuple[Backbone, Head] | None = None, layer: str = "activations",
                in_channels: int | None = None) -> None:
         """The one constructor: checks the options, splits ``model`` (or takes ``parts``), checks the method."""
-        check_options(batch_size, max_channels, progress)
-        self.method = get_method(method)
-        self.batch_size, self.max_channels, self.progress = batch_size, max_channels, progress
+        if not isinstance(progress, bool):
+            raise MethodError(f"progress must be True or False, got {progress!r}")
+        self._options = {"batch_size": batch_size, "max_channels": max_channels}  # None: the method's own
+        self.method = get_method(method).with_options(**self._options)
+        self.progress = progress
         self.output_key = output_key
         self.reshape = as_reshape(reshape)
         self._model = model
@@ -138,9 +139,19 @@ class Explainer:
         other.__dict__.update(self.__dict__)
         other._lock = threading.Lock()
         other._splits = dict(self._splits)
-        other.method = get_method(method)
+        other.method = get_method(method).with_options(**self._options)
         check_method_fits(other.method, other._head, other.layer, other.reshape)
         return other
+
+    @property
+    def batch_size(self) -> int:
+        """Perturbed copies per forward of the perturbation methods (an option of :attr:`method`)."""
+        return self.method.batch_size
+
+    @property
+    def max_channels(self) -> int | None:
+        """Score-CAM's channel limit (an option of :attr:`method`; None: all channels)."""
+        return self.method.max_channels
 
     @property
     def backbone(self) -> Backbone:
@@ -254,8 +265,8 @@ class Explainer:
         weights = None
         if self.method.perturbation is not None:
             deferred.verify()  # before the long loop
-            probe = Probe.for_parts(backbone, head, skips, x, scorer, scorer.k, self._select, self.batch_size,
-                                    self.max_channels, self.progress)
+            probe = Probe.for_parts(backbone, head, skips, x, scorer, scorer.k, self._select, self.method.batch_size,
+                                    self.method.max_channels, self.progress)
             weights = self.method.perturbation(activations, probe)
             grads = activations.new_empty(0)
         elif needs_grad:

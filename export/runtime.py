@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from explainer.checks import check_grad_mode
+from explainer.checks import check_grad_mode, check_input
 from explainer.errors import ExportError, InputError, TargetError
 from explainer.explanation import Explanation
 from explainer.scoring import Targets, check_one_of, resolve_targets, topk_targets
@@ -67,26 +67,19 @@ class GraphRuntime:
         return Explanation(logits, targets.to(torch.long), None, cams, self.info.method, self.info.layer)
 
     def _check_input(self, x: Tensor | np.ndarray) -> Tensor:
+        """The eager explainer's checks (:func:`explainer.checks.check_input`: type, rank, emptiness,
+        float32, NaN/inf), then the shape the graph was exported for."""
         if isinstance(x, np.ndarray):
             x = torch.from_numpy(np.ascontiguousarray(x))
-        if not isinstance(x, Tensor):
-            raise InputError(f"input must be a torch tensor or NumPy array, got {type(x).__name__}")
+        check_input(x, None, torch.float32, None)
         what = "image" if self.info.part == "full" else "activations"
         c, h, w = self.info.input_shape
-        if x.ndim != 4:
-            raise InputError(f"input must be a 4-D (N, C, H, W) {what} batch; got shape {tuple(x.shape)}")
-        if x.shape[0] == 0:
-            raise InputError("input batch is empty (N = 0)")
-        if x.dtype != torch.float32:
-            raise InputError(f"input dtype is {x.dtype}; the exported graph takes float32 (x.float())")
         if x.shape[1] != c or (self.fixed_size and tuple(x.shape[2:]) != (h, w)):
             expected = f"(N, {c}, {h}, {w})" if self.fixed_size else f"(N, {c}, H, W)"
             raise InputError(
                 f"this graph was exported for {what} inputs of shape {expected}; got {tuple(x.shape)}"
                 + (" (export again with an example of the new size)" if self.fixed_size else "")
             )
-        if not bool(torch.isfinite(x).all()):
-            raise InputError("input contains NaN or inf values")
         return x
 
     def _run(self, x: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract

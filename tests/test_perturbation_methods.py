@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from explainer import Explainer, MethodError
 from tests import reference
-from tests.helpers import calibrated_model, random_input
+from tests.helpers import calibrated_model, random_input, seeded_model
 
 
 def float64_model_with_layer_output(model, layer):
@@ -129,3 +129,18 @@ def test_agrees_with_pytorch_grad_cam(method):
         cam.batch_size = 128
         theirs = cam(input_tensor=x, targets=[ClassifierOutputTarget(3)])[0]
     assert correlation(ours, theirs) >= 0.99
+
+
+def test_options_belong_to_the_method():
+    from explainer.methods import get_method
+
+    model = seeded_model("resnet18")
+    x = random_input(1, 64)
+    by_method = Explainer(model, "layer4", get_method("scorecam").with_options(batch_size=64, max_channels=8),
+                          progress=False)
+    by_explainer = Explainer(model, "layer4", "scorecam", batch_size=64, max_channels=8, progress=False)
+    assert (by_method.batch_size, by_method.max_channels) == (64, 8) == (by_explainer.batch_size,
+                                                                         by_explainer.max_channels)
+    assert torch.equal(by_method(x, [3]).raw, by_explainer(x, [3]).raw)
+    assert by_explainer.with_method("ablationcam").batch_size == 64  # the explainer's choice carries over
+    assert get_method("scorecam").max_channels is None  # the registry's method is unchanged

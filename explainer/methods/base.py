@@ -19,7 +19,7 @@ parametrised tests pick it up from there (its float64 formula goes in ``tests/re
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -108,7 +108,12 @@ class CamMethod:
             per image: not for every frame).
         aliases: other names :func:`explainer.methods.get_method` accepts.
         order: where the method appears in listings (lower first; ties by name).
+        batch_size: perturbation methods: perturbed copies per forward.
+        max_channels: Score-CAM: keep this many channels (highest mean activation); None = all.
         summary: one line for help texts.
+
+    A method's options are its own: ``get_method("scorecam").with_options(max_channels=256)``
+    (``Explainer(..., batch_size=, max_channels=)`` does the same for its method).
     """
 
     name: str
@@ -123,6 +128,21 @@ class CamMethod:
     reruns_model: bool = False
     aliases: tuple[str, ...] = ()
     order: int = 100
+    batch_size: int = 32
+    max_channels: int | None = None
+
+    def with_options(self, batch_size: int | None = None, max_channels: int | None = None) -> CamMethod:
+        """This method with other options (None keeps the current value); :class:`MethodError` for bad ones."""
+        from explainer.errors import MethodError
+
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise MethodError(f"batch_size must be an integer >= 1 (perturbed copies per forward), got {batch_size!r}")
+        if max_channels is not None and (isinstance(max_channels, bool) or not isinstance(max_channels, int)
+                                         or max_channels < 1):
+            raise MethodError(f"max_channels must be None (all channels) or an integer >= 1, got {max_channels!r}")
+        return replace(self, batch_size=self.batch_size if batch_size is None else batch_size,
+                       max_channels=self.max_channels if max_channels is None else max_channels)
 
     @property
     def exportable(self) -> bool:
