@@ -72,7 +72,7 @@ def test_per_image_callables_follow_pytorch_grad_cams_convention(resnet18):
 
 
 @pytest.mark.parametrize("arch,layer", SEGMENTATION, ids=[a for a, _ in SEGMENTATION])
-@pytest.mark.parametrize("method", ["gradcam", "hirescam"])
+@pytest.mark.parametrize("method", ["gradcam", "hirescam"])  # a weight and an element-wise method (all: test_methods_reference)
 def test_segmentation_target_matches_float64_reference(arch, layer, method):
     model = segmentation_model(arch)
     x = random_input(2, 64, seed=4)
