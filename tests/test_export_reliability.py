@@ -244,3 +244,12 @@ def test_opencv_dnn_explains_a_given_class(tmp_path):
     eager = exp(x, [5, 7])
     assert np.abs(cam - eager.cams.numpy()).max() <= 1e-4
     assert (logits.argmax(1) == eager.logits.argmax(1).numpy()).all()
+
+
+@pytest.mark.parametrize("part", ["full", "head"])
+def test_compare_reports_parity_for_both_parts(resnet_layer4, tmp_path, part):
+    path = tmp_path / f"{part}.onnx"
+    export.to_onnx(resnet_layer4, path, torch.randn(2, 3, 64, 64), part=part)
+    result = export.compare(resnet_layer4, export.load(path), torch.randn(3, 3, 64, 64))
+    assert result.ok and result.same_classes and result.max_diff <= 1e-4
+    assert "onnxruntime" in result.backend

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"models to run (default all: {', '.join(BENCH_MODELS)})")
     p.add_argument("--batches", nargs="+", type=int, default=None, help="batch sizes (default 1 8)")
     p.add_argument("--quick", action="store_true",
-                   help="EfficientNet-Lite0 and ResNet-50, batch 1, fewer rounds, no memory (about 2 minutes on 2 cores)")
+                   help="EfficientNet-Lite0 and ResNet-50, batch 1, fewer rounds, no memory (30 s on 2 quiet cores, exports included)")
     p.add_argument("--rounds", type=int, default=None, help="timed runs per case (median reported)")
     p.add_argument("--no-peers", action="store_true", help="skip pytorch-grad-cam, torchcam and Captum")
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement (a subprocess per case)")
