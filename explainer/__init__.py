@@ -31,7 +31,9 @@ _EXPORTS = {
     "TokenGrid": "explainer.reshape", "ChannelsLast": "explainer.reshape",
     **{name: "explainer.errors" for name in (
         "DeployCamError", "ExportError", "GradModeError", "InputError", "LayerNotFoundError", "LayerShapeError",
-        "MethodError", "ModelLoadError", "ModelOutputError", "NonFiniteError", "TargetError", "TraceError")},
+        "MethodError", "ModelLoadError", "ModelOutputError", "NonFiniteError", "OnnxModelError", "TargetError",
+        "TraceError")},
+    "OnnxExplainer": "explainer.onnx_import.explainer_onnx",
 }
 
 __all__ = ["overlay", "make_grid", *_EXPORTS]
@@ -63,12 +65,14 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
         ModelLoadError,
         ModelOutputError,
         NonFiniteError,
+        OnnxModelError,
         TargetError,
         TraceError,
     )
     from explainer.explanation import Explanation
     from explainer.layers import LayerInfo, list_layers
     from explainer.methods import METHODS, CamMethod, get_method
+    from explainer.onnx_import.explainer_onnx import OnnxExplainer
     from explainer.postprocess import normalize_maps, upsample_maps
     from explainer.reshape import ChannelsLast, TokenGrid
     from explainer.split import SplitModel, split_model

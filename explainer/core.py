@@ -9,9 +9,11 @@ This module is the front class only; the steps live where they belong: the split
 
 from __future__ import annotations
 
+import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -132,6 +134,37 @@ class Explainer:
         self.layer = layer
         self._in_channels = in_channels
         check_method_fits(self.method, self._head, self.layer, self.reshape)
+
+    @classmethod
+    def from_onnx(cls, source: str | os.PathLike | bytes | Any, target_layer: str | None = None,
+                  method: str | CamMethod = "gradcam", *, input_layout: str = "nchw", **options: Any) -> Explainer:
+        """An explainer of a model given only as an ONNX file (exported from PyTorch, TensorFlow/Keras, JAX...).
+
+        Args:
+            source: a path, the serialized bytes, or an ``onnx.ModelProto``.
+            target_layer: a tensor of the graph (a node output) or a node's name (its first output);
+                None: the tensor that feeds the last global pooling. Unknown names list close ones;
+                ``deploycam layers --onnx FILE`` lists the 4-D tensors.
+            method: any method. The graph is converted to PyTorch with onnx2torch (every method,
+                gradients included, and both exports); a graph that does not convert still runs the
+                gradient-free methods (eigencam, ablationcam, reciprocam, scorecam) in ONNX Runtime.
+            input_layout: ``"nchw"``, or ``"nhwc"`` for TensorFlow-style ``(N, H, W, C)`` images.
+            options: ``route="auto"|"torch"|"onnxruntime"``, ``providers`` (ONNX Runtime route), and the
+                Explainer options (``batch_size``, ``max_channels``, ``progress``, ``output_key``, ``reshape``).
+
+        Calls take numpy arrays or tensors laid out as the model takes them and return the same
+        :class:`Explanation` as for a PyTorch model (maps ``(N, H, W)``). Needs ``deploycam[onnx]``.
+        """
+        from explainer.onnx_import.explainer_onnx import from_onnx
+
+        return from_onnx(source, target_layer, method, input_layout=input_layout, **options)
+
+    #: The layout of the images calls take: ``"nchw"`` here; ONNX models may take ``"nhwc"``.
+    input_layout = "nchw"
+
+    def to_nchw(self, x: Tensor) -> Tensor:
+        """Images as calls take them -> ``(N, C, H, W)`` (the identity here; see :class:`OnnxExplainer`)."""
+        return x
 
     def with_method(self, method: str | CamMethod) -> Explainer:
         """A new explainer sharing this one's split graphs, with another method (no re-tracing)."""
@@ -262,12 +295,16 @@ class Explainer:
         check_output(output, x.shape[0], deferred)
         scorer = targets if isinstance(targets, Scorer) else make_scorer(targets, output, topk, deferred)
 
-        weights = None
-        if self.method.perturbation is not None:
+        weights = perturbed = None
+        if not self.method.exportable:  # a perturbation method: re-runs the head or the model
             deferred.verify()  # before the long loop
             probe = Probe.for_parts(backbone, head, skips, x, scorer, scorer.k, self._select, self.method.batch_size,
-                                    self.method.max_channels, self.progress)
-            weights = self.method.perturbation(activations, probe)
+                                    self.method.max_channels, self.progress, class_scores=scorer.indices is not None)
+            if self.method.perturbation is not None:
+                weights = self.method.perturbation(activations, probe)
+            else:
+                assert self.method.perturbation_map is not None
+                perturbed = self.method.perturbation_map(activations, probe)
             grads = activations.new_empty(0)
         elif needs_grad:
             with torch.enable_grad():  # the caller may be under no_grad
@@ -275,8 +312,10 @@ class Explainer:
                 grads = as_grid_batched(score_gradients(scores, leaf, self._grad_hint()), self.reshape, image_hw)
         else:
             grads = activations.new_empty(0)
-        parts = contributions(self.method, activations, grads, weights) if eigen else None
-        if parts is not None:
+        parts = contributions(self.method, activations, grads, weights) if eigen and perturbed is None else None
+        if perturbed is not None:
+            raw = perturbed
+        elif parts is not None:
             raw = eigen_smooth(parts)
         elif weights is not None:
             raw = weighted_sum(weights, activations)

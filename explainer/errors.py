@@ -68,3 +68,7 @@ def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]
         prefixed = [c for c in pool if c.startswith(name) or name.startswith(c)]
         found += [c for c in prefixed if c not in found][: n - len(found)]
     return found
+
+
+class OnnxModelError(DeployCamError, ValueError):
+    """An ONNX file that cannot be read, has no spatial tensor to explain, or does not convert to PyTorch."""

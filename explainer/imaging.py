@@ -48,7 +48,9 @@ class Preprocess:
     central ``crop_size`` square, as torchvision's weights transforms do.
     ``resize="squash"``: scale the whole image to ``crop_size x crop_size`` (keeps the
     whole frame, as deployed detectors and stream pipelines usually do).
-    Then ``(x / 255 - mean) / std``.
+    Then ``(x / scale - mean) / std`` with ``scale`` 255 by default, in RGB order (``bgr=True``:
+    channels reversed first, for models trained on OpenCV's BGR images; ``mean``/``std`` are then
+    in BGR order too).
     """
 
     crop_size: int = 224
@@ -56,10 +58,16 @@ class Preprocess:
     resize: str = "crop"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    scale: float = 255.0
+    bgr: bool = False
 
     def __post_init__(self) -> None:
         if self.resize not in ("crop", "squash"):
             raise InputError(f"resize must be 'crop' or 'squash', got {self.resize!r}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            raise InputError(f"mean and std need 3 values (one per channel), got {self.mean!r} and {self.std!r}")
+        if any(s == 0 for s in self.std) or not self.scale > 0:
+            raise InputError(f"std values and scale must be non-zero (got std {self.std!r}, scale {self.scale!r})")
 
     def view(self, image_rgb_uint8: np.ndarray) -> np.ndarray:
         """The ``(crop_size, crop_size, 3)`` uint8 picture the model sees (what to draw overlays on)."""
@@ -75,7 +83,9 @@ class Preprocess:
 
     def to_tensor(self, view_rgb_uint8: np.ndarray) -> torch.Tensor:
         """Normalise a uint8 view into a ``(3, H, W)`` float32 tensor."""
-        x = torch.from_numpy(np.ascontiguousarray(view_rgb_uint8)).permute(2, 0, 1).float().div_(255.0)
+        x = torch.from_numpy(np.ascontiguousarray(view_rgb_uint8)).permute(2, 0, 1).float().div_(self.scale)
+        if self.bgr:
+            x = x.flip(0)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return (x - mean) / std

@@ -150,3 +150,15 @@ class AnalyticStep(nn.Module):
         gradients = ((one_hot_target(logits, target) @ self.weight) / (h * w))[:, :, None, None]
         gradients = gradients.expand(activations.shape)
         return logits, gradients.unsqueeze(1)
+
+
+class ChannelsLastInput(nn.Module):
+    """The graph of a model that takes ``(N, H, W, C)`` images (TensorFlow style, an ONNX model with
+    ``input_layout="nhwc"``): ``forward(input (N, H, W, C), target) -> explanation(input as (N, C, H, W), target)``."""
+
+    def __init__(self, explanation: nn.Module) -> None:
+        super().__init__()
+        self.explanation = explanation
+
+    def forward(self, input: Tensor, target: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        return self.explanation(input.permute(0, 3, 1, 2), target)

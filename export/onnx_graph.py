@@ -38,7 +38,15 @@ from explainer.head_structure import find_linear_head
 from explainer.tracing_lock import tracing
 from export.decompositions import gradient_decompositions
 from export.graph import AnalyticStep, ExplanationGraph, TracedStep, forward_step
-from export.parts import AsTuple, GraphInfo, check_destination, export_parts, head_caller, method_module
+from export.parts import (
+    AsTuple,
+    GraphInfo,
+    check_destination,
+    export_parts,
+    head_caller,
+    method_module,
+    model_layout_input,
+)
 
 METADATA_KEY = "deploycam"
 #: Opsets the dynamo exporter of torch 2.14 writes natively (below 18 it would convert and may silently stay at 18).
@@ -148,6 +156,7 @@ def build_onnx_module(explainer: Explainer, example_input: Tensor, part: str = "
     feature size (a batch of 1 is specialised, and make_fx gives equal sizes one symbol, so
     fixing h would fix the batch with it); without, the example's own batch is the graph's.
     """
+    example_input = explainer.to_nchw(example_input)
     parts = export_parts(explainer, example_input, part, "onnx")
     sizes = set(parts.activations.shape[1:]) | set(example_input.shape[1:])
     batch = next(b for b in range(2, 64) if b not in sizes) if dynamic_batch else example_input.shape[0]
@@ -166,10 +175,11 @@ def build_onnx_module(explainer: Explainer, example_input: Tensor, part: str = "
                                               dynamic_batch))
     backbone = parts.backbone if part == "full" else AsTuple()
     # the gradient is already inside the traced step: the exported graph itself runs forward only
-    module = ExplanationGraph(backbone, step, method_module(parts.method), needs_gradient=False,
+    module: nn.Module = ExplanationGraph(backbone, step, method_module(parts.method), needs_gradient=False,
                               upsample=part == "full")
     object.__setattr__(module, "training", False)
     first = example_input if part == "full" else parts.activations
+    module, first = model_layout_input(module, parts.info, first)
     return module, (first, target), parts.info
 
 

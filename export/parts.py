@@ -29,6 +29,8 @@ class GraphInfo:
         image_size: ``(H, W)`` of the images the example was made with.
         num_classes: number of logits.
         format: ``"onnx"`` or ``"torchscript"``.
+        input_layout: ``"nchw"``, or ``"nhwc"`` for graphs of ONNX models that take ``(N, H, W, C)``
+            images (``input_shape`` is then ``(H, W, C)``).
     """
 
     part: str
@@ -38,6 +40,7 @@ class GraphInfo:
     image_size: tuple[int, ...]
     num_classes: int
     format: str
+    input_layout: str = "nchw"
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -47,15 +50,22 @@ class GraphInfo:
         """Parse the metadata; raises :class:`ExportError` for damaged or foreign metadata."""
         try:
             data = json.loads(text)
-            info = cls(**{f.name: data[f.name] for f in fields(cls)})
+            info = cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data or f.name not in _OPTIONAL})
             info = replace(info, input_shape=tuple(int(d) for d in info.input_shape),
                            image_size=tuple(int(d) for d in info.image_size), num_classes=int(info.num_classes))
         except (ValueError, TypeError, KeyError) as exc:
             raise ExportError(f"the file's deploycam metadata is damaged ({type(exc).__name__}: {exc}); "
                               "export the graph again") from exc
+        if info.input_layout not in ("nchw", "nhwc"):
+            raise ExportError(f"the file's deploycam metadata is damaged (input_layout {info.input_layout!r}); "
+                              "export the graph again")
         if info.part not in PARTS or len(info.input_shape) != 3 or len(info.image_size) != 2 or info.num_classes < 1:
             raise ExportError(f"the file's deploycam metadata is damaged ({text[:200]!r}); export the graph again")
         return info
+
+
+#: GraphInfo fields that files written before they existed lack
+_OPTIONAL = ("input_layout",)
 
 
 @dataclass(frozen=True)
@@ -80,12 +90,13 @@ class ExportParts:
 
 
 def export_parts(explainer: Explainer, example_input: Tensor, part: str, fmt: str) -> ExportParts:
-    """Check that ``explainer`` can be exported as ``part`` and run the example through it once."""
+    """Check that ``explainer`` can be exported as ``part`` and run the example ``(N, C, H, W)`` (already
+    through :meth:`Explainer.to_nchw`) through it once."""
     if part not in PARTS:
         raise ExportError(f"part must be one of {PARTS}, got {part!r}")
     backbone, head = explainer.backbone, explainer.head
-    if explainer.method.perturbation is not None:
-        raise ExportError(f"{explainer.method.name!r} re-runs the network once per channel batch; it is not "
+    if not explainer.method.exportable:
+        raise ExportError(f"{explainer.method.name!r} re-runs the network on perturbed copies; it is not "
                           "exported as one graph. Export a gradient method (gradcam, layercam, ...) instead")
     if getattr(backbone, "training", False) or getattr(head, "training", False):
         raise ExportError("the model is in training mode (batch norm and dropout would be exported as such); "
@@ -132,7 +143,21 @@ def export_parts(explainer: Explainer, example_input: Tensor, part: str, fmt: st
         image_size=(int(example_input.shape[-2]), int(example_input.shape[-1])),
         num_classes=int(logits.shape[1]), format=fmt,
     )
+    if explainer.input_layout == "nhwc" and part == "full":
+        info = replace(info, input_layout="nhwc", input_shape=(*info.input_shape[1:], info.input_shape[0]))
     return ExportParts(backbone, head, explainer.method, activations, tuple(skips), info)
+
+
+def model_layout_input(module: nn.Module, info: GraphInfo, first: Tensor) -> Tuple[nn.Module, Tensor]:
+    """The graph and its example first input as the model takes images: wrapped in
+    :class:`~export.graph.ChannelsLastInput` for ``nhwc`` models, unchanged otherwise."""
+    from export.graph import ChannelsLastInput
+
+    if info.input_layout != "nhwc":
+        return module, first
+    wrapped = ChannelsLastInput(module)
+    object.__setattr__(wrapped, "training", False)
+    return wrapped, first.permute(0, 2, 3, 1).contiguous()
 
 
 def check_destination(path: str | os.PathLike) -> None:

@@ -39,7 +39,8 @@ class GraphRuntime:
     fixed_size: bool = True
 
     def __call__(self, x: Tensor | np.ndarray, targets: Targets = None, *, topk: int | None = None) -> Explanation:
-        """Explain a batch ``(N, C, H, W)`` (images for part "full", activations for "head").
+        """Explain a batch ``(N, C, H, W)`` (images for part "full", activations for "head"; images
+        ``(N, H, W, C)`` for graphs of NHWC models, ``info.input_layout == "nhwc"``).
 
         ``targets`` as for :class:`explainer.Explainer` (None: argmax; int; N ints; ``(N, K)``, run K
         times); or ``topk``: each image's k best classes (one run for the scores, then k).
@@ -63,6 +64,11 @@ class GraphRuntime:
             return self._pack(logits, chosen, torch.stack([cam for _, cam in runs], dim=1))
         return self._pack(logits, chosen[:, 0], runs[0][1])
 
+    @property
+    def input_layout(self) -> str:
+        """``"nchw"``, or ``"nhwc"`` for graphs of models that take ``(N, H, W, C)`` images."""
+        return self.info.input_layout
+
     def _pack(self, logits: Tensor, targets: Tensor, cams: Tensor) -> Explanation:
         return Explanation(logits, targets.to(torch.long), None, cams, self.info.method, self.info.layer)
 
@@ -73,9 +79,15 @@ class GraphRuntime:
             x = torch.from_numpy(np.ascontiguousarray(x))
         check_input(x, None, torch.float32, None)
         what = "image" if self.info.part == "full" else "activations"
-        c, h, w = self.info.input_shape
-        if x.shape[1] != c or (self.fixed_size and tuple(x.shape[2:]) != (h, w)):
+        if self.info.input_layout == "nhwc":  # input_shape is (H, W, C)
+            h, w, c = self.info.input_shape
+            channels, size = x.shape[3], tuple(x.shape[1:3])
+            expected = f"(N, {h}, {w}, {c})" if self.fixed_size else f"(N, H, W, {c})"
+        else:
+            c, h, w = self.info.input_shape
+            channels, size = x.shape[1], tuple(x.shape[2:])
             expected = f"(N, {c}, {h}, {w})" if self.fixed_size else f"(N, {c}, H, W)"
+        if channels != c or (self.fixed_size and size != (h, w)):
             raise InputError(
                 f"this graph was exported for {what} inputs of shape {expected}; got {tuple(x.shape)}"
                 + (" (export again with an example of the new size)" if self.fixed_size else "")

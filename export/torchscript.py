@@ -24,21 +24,30 @@ from explainer.core import Explainer
 from explainer.errors import ExportError
 from explainer.tracing_lock import tracing
 from export.graph import ExplanationGraph, autograd_step, forward_step
-from export.parts import AsTuple, GraphInfo, check_destination, export_parts, head_caller, method_module
+from export.parts import (
+    AsTuple,
+    GraphInfo,
+    check_destination,
+    export_parts,
+    head_caller,
+    method_module,
+    model_layout_input,
+)
 
 METADATA_FILE = "deploycam.json"
 
 
 def build_scriptable(explainer: Explainer, example_input: Tensor, part: str = "full") -> tuple[nn.Module, GraphInfo]:
     """The (not yet scripted) :class:`~export.graph.ExplanationGraph` with the autograd step, and its metadata."""
-    parts = export_parts(explainer, example_input, part, "torchscript")
+    parts = export_parts(explainer, explainer.to_nchw(example_input), part, "torchscript")
     backbone = parts.backbone if part == "full" else AsTuple()
     n_packed = 1 + (len(parts.skips) if part == "full" else 0)
     caller = head_caller(parts.head, n_packed)
     step = autograd_step(caller, n_packed) if parts.method.needs_gradient else forward_step(caller, n_packed)
-    module = ExplanationGraph(backbone, step, method_module(parts.method), parts.method.needs_gradient,
+    module: nn.Module = ExplanationGraph(backbone, step, method_module(parts.method), parts.method.needs_gradient,
                               upsample=part == "full")
     object.__setattr__(module, "training", False)  # the wrapper only; shared submodules keep their flags
+    module, _ = model_layout_input(module, parts.info, parts.activations)
     return module, parts.info
 
 

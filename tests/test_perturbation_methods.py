@@ -1,4 +1,6 @@
-"""explainer.methods.ablationcam, explainer.methods.scorecam: Ablation-CAM and Score-CAM against plain float64 loops over channels (and pytorch-grad-cam if installed)."""
+"""explainer.methods.ablationcam, .scorecam, .reciprocam: Ablation-CAM and Score-CAM against plain
+float64 loops over channels, ReciproCAM against a plain float64 loop over positions (and
+pytorch-grad-cam if installed)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from explainer import Explainer, MethodError
+from explainer.methods import perturbation_methods
 from tests import reference
 from tests.helpers import calibrated_model, random_input, seeded_model
 
@@ -56,6 +59,27 @@ def score_reference(model, layer, x, target):
     return reference.weighted(weights[None], A.numpy())
 
 
+def recipro_reference(model, layer, x, target):
+    """ReciproCAM as the paper states it, written independently: for each position (i, j), the whole
+    float64 model with the layer's output replaced by A * g, g the 3x3 Gaussian centred at (i, j)
+    (1/4, 1/8 edges, 1/16 corners, cropped at the border); the map is softmax(logits)[target]."""
+    m, state = float64_model_with_layer_output(model, layer)
+    kernel = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16.0
+    with torch.no_grad():
+        m(x.double())
+        A = state["A"]
+        h, w = A.shape[-2:]
+        out = np.zeros((h, w))
+        for i in range(h):
+            for j in range(w):
+                g = np.zeros((h + 2, w + 2))
+                g[i:i + 3, j:j + 3] = kernel  # centred at (i + 1, j + 1) of the padded grid
+                state["replace"] = A * torch.from_numpy(g[1:-1, 1:-1])
+                out[i, j] = float(m(x.double()).softmax(dim=1)[0, target])
+        del state["replace"]
+    return out[None]
+
+
 def close(raw, expected, tol=1e-4):
     assert raw.shape == expected.shape
     assert np.abs(raw - expected).max() <= tol * np.abs(expected).max()
@@ -70,6 +94,37 @@ def test_ablationcam_matches_a_float64_loop(layer):
     close(result.raw.double().numpy(), ablation_reference(model, layer, x, 3), tol=1e-3)
 
 
+@pytest.mark.parametrize("arch,layer", [("resnet18", "layer4"), ("mobilenet_v3_small", "features"),
+                                        pytest.param("densenet121", "features", marks=pytest.mark.slow)])
+def test_reciprocam_matches_a_float64_loop(arch, layer):
+    model = calibrated_model(arch)
+    x = random_input(1, 96, seed=8)
+    result = Explainer(model, layer, "reciprocam", batch_size=5, progress=False)(x, 3)
+    close(result.raw.double().numpy(), recipro_reference(model, layer, x, 3), tol=1e-5)
+    assert result.cams.shape == (1, 96, 96)
+
+
+def test_reciprocam_scores_target_callables_without_softmax():
+    """With a target callable the map is the callable's score itself (no class axis to softmax over)."""
+    from explainer import ClassTarget
+
+    model = calibrated_model("resnet18")
+    x = random_input(1, 64, seed=8)
+    exp = Explainer(model, "layer4", "reciprocam", progress=False)
+    by_class = exp(x, 3).raw
+    by_callable = exp(x, ClassTarget(3)).raw
+    assert not torch.allclose(by_class, by_callable)
+    m, state = float64_model_with_layer_output(model, "layer4")
+    with torch.no_grad():
+        m(x.double())
+        state["replace"] = state["A"] * 0.25 * (torch.arange(4).reshape(2, 2) == 0)  # position (0, 0), cropped
+        state["replace"][..., 0, 1] = state["A"][..., 0, 1] / 8
+        state["replace"][..., 1, 0] = state["A"][..., 1, 0] / 8
+        state["replace"][..., 1, 1] = state["A"][..., 1, 1] / 16
+        expected = float(m(x.double())[0, 3])
+    assert abs(float(by_callable[0, 0, 0]) - expected) <= 1e-5 * abs(expected) + 1e-6
+
+
 @pytest.mark.slow
 def test_scorecam_matches_a_float64_loop():
     model = calibrated_model("resnet18")
@@ -78,7 +133,7 @@ def test_scorecam_matches_a_float64_loop():
     close(result.raw.double().numpy(), score_reference(model, "layer4", x, 3))
 
 
-@pytest.mark.parametrize("method", ["ablationcam", "scorecam"])
+@pytest.mark.parametrize("method", perturbation_methods())
 def test_batch_size_and_k_targets_do_not_change_the_map(method):
     model = calibrated_model("resnet18")
     x = random_input(2, 64, seed=9)

@@ -31,6 +31,47 @@ def add_model_args(parser: argparse.ArgumentParser, with_method: bool = True) ->
                                  "gradcampp are accepted)")
 
 
+def add_onnx_args(parser: argparse.ArgumentParser, preprocessing: bool = True) -> None:
+    """--onnx, --input-layout (and the preprocessing an ONNX file does not carry: --mean, --std, --scale, --bgr)."""
+    parser.add_argument("--onnx", default=None, metavar="FILE",
+                        help="explain a model given as an ONNX file (from PyTorch, TensorFlow/Keras, JAX...) "
+                             "instead of --model; --layer is then a tensor or node name (`deploycam layers --onnx FILE`)")
+    parser.add_argument("--input-layout", default="nchw", choices=("nchw", "nhwc"),
+                        help="the ONNX model's image layout: nchw (PyTorch) or nhwc (TensorFlow/Keras)")
+    if preprocessing:
+        parser.add_argument("--mean", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+                            help="per-channel mean subtracted after scaling (default ImageNet's 0.485 0.456 0.406)")
+        parser.add_argument("--std", type=float, nargs=3, default=None, metavar=("R", "G", "B"),
+                            help="per-channel divisor after the mean (default ImageNet's 0.229 0.224 0.225); "
+                                 "Keras MobileNet style [-1, 1] inputs: --mean 0.5 0.5 0.5 --std 0.5 0.5 0.5")
+        parser.add_argument("--scale", type=float, default=255.0,
+                            help="pixels are divided by this first (default 255; 1 keeps 0..255)")
+        parser.add_argument("--bgr", action="store_true", help="feed channels in BGR order (mean/std in that order)")
+
+
+def preprocessing_kwargs(args: argparse.Namespace) -> dict:
+    """The :class:`~explainer.imaging.Preprocess` options the arguments give (ImageNet's where none)."""
+    options: dict = {"scale": getattr(args, "scale", 255.0), "bgr": getattr(args, "bgr", False)}
+    if getattr(args, "mean", None) is not None:
+        options["mean"] = tuple(args.mean)
+    if getattr(args, "std", None) is not None:
+        if any(s == 0 for s in args.std):
+            raise InputError(f"--std values must be non-zero, got {args.std}")
+        options["std"] = tuple(args.std)
+    if not options["scale"] > 0:
+        raise InputError(f"--scale must be positive, got {options['scale']}")
+    return options
+
+
+def check_onnx_file(args: argparse.Namespace) -> None:
+    """--onnx names an existing file; --input-layout only goes with --onnx."""
+    onnx_file = getattr(args, "onnx", None)
+    if onnx_file is not None and not os.path.isfile(onnx_file):
+        raise InputError(f"--onnx {onnx_file}: no such file")
+    if onnx_file is None and getattr(args, "input_layout", "nchw") != "nchw":
+        raise InputError("--input-layout is for --onnx models")
+
+
 def add_picture_args(parser: argparse.ArgumentParser) -> None:
     """--resize, --colormap, --alpha options."""
     parser.add_argument("--resize", default="crop", choices=("crop", "squash"),

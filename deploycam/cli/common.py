@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from explainer.core import Explainer
+from explainer.errors import InputError
 from explainer.explanation import Explanation
 from explainer.imaging import IMAGE_SUFFIXES, Preprocess
 from explainer.labels import label_of
@@ -28,6 +29,32 @@ def model_from_args(args: argparse.Namespace, quiet: bool = False) -> LoadedMode
         print(f"note: {loaded.name} has random weights (nothing is downloaded); "
               "pass --weights PATH to a saved state_dict for real predictions", file=sys.stderr)
     return loaded
+
+
+def onnx_explainer_from_args(args: argparse.Namespace, method: str, device: str = "cpu") -> tuple[Explainer, int]:
+    """``(explainer, image size)`` for ``--onnx FILE``: the size is the file's own fixed input size,
+    else ``--size`` (224 by default)."""
+    exp = Explainer.from_onnx(args.onnx, args.layer, method, input_layout=args.input_layout,
+                              reshape=getattr(args, "reshape", None))
+    size = getattr(args, "size", None)
+    fixed = getattr(exp, "image_size", None)
+    if fixed is not None:
+        if fixed[0] != fixed[1]:
+            raise InputError(f"{args.onnx} takes {fixed[0]}x{fixed[1]} images; the command line feeds square ones")
+        if size is not None and size != fixed[0]:
+            raise InputError(f"{args.onnx} takes {fixed[0]}x{fixed[1]} images; --size {size} does not fit")
+        size = fixed[0]
+    if device != "cpu" and getattr(exp, "route", "") == "torch":
+        exp.model.to(device)  # type: ignore[attr-defined]
+    return exp, size or 224
+
+
+def preprocess_for(args: argparse.Namespace, size: int = 224) -> Preprocess:
+    """The preprocessing the arguments ask for, at ``size`` (short side ``size * 256 / 224`` for crop)."""
+    from deploycam.cli.args import preprocessing_kwargs
+
+    return Preprocess(crop_size=size, resize_size=round(size * 256 / 224), resize=getattr(args, "resize", "crop"),
+                      **preprocessing_kwargs(args))
 
 
 def iter_image_paths(paths: Sequence[str]) -> Iterator[str]:
@@ -111,6 +138,8 @@ def explain_batch(
     """
     tensors, views = zip(*(preprocess(image) for image in images))
     x = torch.stack(tensors).to(device)
+    if getattr(explainer, "input_layout", "nchw") == "nhwc":  # an ONNX model (or its graph) taking (N, H, W, C)
+        x = x.permute(0, 2, 3, 1).contiguous()
     smooth = {"aug_smooth": aug_smooth, "eigen_smooth": eigen_smooth} if aug_smooth or eigen_smooth else {}
     if classes:
         result = explainer(x, torch.tensor([list(classes)] * len(images)), **smooth)

@@ -10,11 +10,14 @@ from typing import TYPE_CHECKING
 
 from deploycam.cli.args import (
     add_model_args,
+    add_onnx_args,
     add_picture_args,
     check_alpha,
     check_device,
+    check_onnx_file,
     check_output_dir,
     check_positive,
+    preprocessing_kwargs,
 )
 from explainer.errors import InputError
 
@@ -44,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", default=None, metavar="FILE",
                    help="explain with an exported graph (.onnx via ONNX Runtime, .pt via TorchScript; part full) "
                         "instead of eager PyTorch; --model/--layer/--method are then ignored")
+    p.add_argument("--size", type=int, default=None,
+                   help="model input size in pixels (default 224; an --onnx file with a fixed input size sets its own)")
+    add_onnx_args(p)
     add_picture_args(p)
     p.set_defaults(run=run)
 
@@ -55,6 +61,11 @@ def run(args: argparse.Namespace) -> int:
     check_positive("--topk", args.topk)
     check_alpha(args.alpha)
     check_output_dir(args.out)
+    check_positive("--size", args.size)
+    check_onnx_file(args)
+    preprocessing_kwargs(args)  # bad --std/--scale fail here, before any work
+    if args.runtime and args.onnx:
+        raise InputError("give either --runtime (an exported explanation) or --onnx (a model to explain), not both")
     if args.runtime and (args.aug_smooth or args.eigen_smooth):
         raise InputError("--aug-smooth/--eigen-smooth are for the eager explainer; exported graphs compute one map")
 
@@ -66,10 +77,12 @@ def run(args: argparse.Namespace) -> int:
         format_classes,
         iter_image_paths,
         model_from_args,
+        onnx_explainer_from_args,
         output_stems,
+        preprocess_for,
     )
     from explainer.core import Explainer
-    from explainer.imaging import Preprocess, load_image
+    from explainer.imaging import load_image
     from explainer.methods import get_method
 
     device = check_device(args.device)
@@ -93,13 +106,20 @@ def run(args: argparse.Namespace) -> int:
         shown = ", ".join(clashes[:3]) + (f" and {len(clashes) - 3} more" if len(clashes) > 3 else "")
         raise InputError(f"{len(clashes)} file(s) in {args.out} would be overwritten ({shown}); "
                          "pass --overwrite, or another --out")
-    if not args.runtime:
+    size = args.size or 224
+    if args.onnx:
+        explainer, size = onnx_explainer_from_args(args, method, device)
+        explain = explainer
+        what = f"{explainer.method.name} at {explainer.layer} of {os.path.basename(args.onnx)}"
+    elif args.runtime:
+        size = runtime.info.image_size[0]
+    else:
         loaded = model_from_args(args)
         explainer = Explainer(loaded.model.to(device), args.layer or loaded.layer, method,
                               reshape=args.reshape or loaded.reshape)
         explain = explainer
         what = f"{explainer.method.name} at {explainer.layer} of {loaded.name}"
-    preprocess = Preprocess(resize=args.resize)
+    preprocess = preprocess_for(args, size)
     os.makedirs(args.out, exist_ok=True)
 
     failures = 0

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from deploycam.cli.args import add_model_args, check_output_file, check_positive
+from deploycam.cli.args import add_model_args, add_onnx_args, check_onnx_file, check_output_file, check_positive
 from explainer.errors import DeployCamError, InputError
 
 SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pth": "torchscript"}
@@ -21,11 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--part", choices=("full", "head"), default="full",
                    help="full: image -> logits, cam; head: layer activations -> logits, cam")
     p.add_argument("--out", required=True, help="output file (.onnx or .pt)")
-    p.add_argument("--size", type=int, default=224, help="input image size the graph is made for (default 224)")
+    p.add_argument("--size", type=int, default=None,
+                   help="input image size the graph is made for (default 224, or the --onnx file's fixed size)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset, 18 to 23 (default: the exporter's)")
     p.add_argument("--static-batch", type=int, default=None, metavar="N",
                    help="fix the batch size to N (ONNX; default dynamic)")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with eager PyTorch")
+    add_onnx_args(p, preprocessing=False)
     p.set_defaults(run=run)
 
 
@@ -42,25 +44,36 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"cannot tell the format from {args.out!r}: pass --format onnx|torchscript")
     check_positive("--size", args.size)
     check_positive("--static-batch", args.static_batch)
+    check_onnx_file(args)
     if fmt == "torchscript" and (args.opset is not None or args.static_batch is not None):
         raise InputError("--opset and --static-batch are ONNX options; TorchScript graphs take any batch")
     if args.opset is not None and not 18 <= args.opset <= 23:
         raise InputError(f"--opset must be between 18 and 23, got {args.opset}")
     check_output_file(args.out)
 
-    start = _step(f"loading {args.model}")
+    start = _step(f"loading {args.onnx or args.model}")
     import torch
 
-    from deploycam.cli.common import model_from_args
+    from deploycam.cli.common import model_from_args, onnx_explainer_from_args
     from explainer.core import Explainer
     from explainer.methods import get_method
     from export import compare, load, to_onnx, to_torchscript
 
     method = get_method(args.method)
-    loaded = model_from_args(args)
-    explainer = Explainer(loaded.model, args.layer or loaded.layer, method, reshape=args.reshape or loaded.reshape)
+    if args.onnx:
+        explainer, size = onnx_explainer_from_args(args, method.name)
+    else:
+        loaded = model_from_args(args)
+        explainer = Explainer(loaded.model, args.layer or loaded.layer, method,
+                              reshape=args.reshape or loaded.reshape)
+        size = args.size or 224
     gen = torch.Generator().manual_seed(0)
-    example = torch.randn(args.static_batch or 2, 3, args.size, args.size, generator=gen)
+
+    def images(n: int) -> torch.Tensor:  # random images as the model takes them
+        x = torch.randn(n, 3, size, size, generator=gen)
+        return x.permute(0, 2, 3, 1).contiguous() if explainer.input_layout == "nhwc" else x
+
+    example = images(args.static_batch or 2)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     _step(f"tracing and writing the {fmt} graph of {method.name} at {explainer.layer} (10-60 s)")
     if fmt == "onnx":
@@ -76,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     if args.no_check:
         return 0
     _step("comparing with eager PyTorch on a fresh batch")
-    fresh = torch.randn(args.static_batch or 3, 3, args.size, args.size, generator=gen)
+    fresh = images(args.static_batch or 3)
     result = compare(explainer, load(args.out), fresh)
     print(f"check on a fresh batch of {len(fresh)} ({result.backend}): max |cam - eager| = {result.max_diff:.2e}, "
           f"same predicted classes: {result.same_classes}")

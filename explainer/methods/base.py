@@ -42,6 +42,8 @@ class Probe:
         batch_size: how many perturbed copies go through one forward.
         max_channels: Score-CAM only: keep this many channels (highest mean activation); None = all.
         progress: show a tqdm bar over the forwards.
+        class_scores: True when the targets are class indices of ``(B, num_classes)`` logits, so a
+            method may score softmax probabilities (ReciproCAM) instead of logits.
     """
 
     head: Callable[..., Tensor]
@@ -53,12 +55,13 @@ class Probe:
     batch_size: int = 32
     max_channels: int | None = None
     progress: bool = True
+    class_scores: bool = False
 
     @classmethod
     def for_parts(cls, backbone: Callable, head: Callable[..., Tensor], skips: tuple, images: Tensor,
                   score: Callable[[Tensor, Tensor | None], Tensor], num_targets: int,
                   select: Callable[[object], Tensor], batch_size: int = 32, max_channels: int | None = None,
-                  progress: bool = True) -> Probe:
+                  progress: bool = True, class_scores: bool = False) -> Probe:
         """The probe for a split model: ``select`` picks the explained tensor from the head's output;
         the head gets a copy of the activations (it may modify its input in place)."""
         from explainer.pipeline import unpack_backbone
@@ -70,7 +73,8 @@ class Probe:
         def head_on_copy(a: Tensor, *extra: Tensor) -> Tensor:
             return select(head(a.clone(), *extra))
 
-        return cls(head_on_copy, skips, model, score, num_targets, images, batch_size, max_channels, progress)
+        return cls(head_on_copy, skips, model, score, num_targets, images, batch_size, max_channels, progress,
+                   class_scores)
 
     def skips_for(self, n: int, copies: int) -> tuple:
         """Image ``n``'s skips repeated ``copies`` times along the batch axis."""
@@ -81,7 +85,8 @@ class Probe:
         return self.score(output, torch.full((output.shape[0],), n, dtype=torch.long))
 
 
-#: ``(activations (N, C, h, w), probe) -> channel weights (N, K, C)``.
+#: ``(activations (N, C, h, w), probe) -> channel weights (N, K, C)`` (or maps ``(N, K, h, w)``
+#: for :attr:`CamMethod.perturbation_map`).
 PerturbationFunction = Callable[[Tensor, Probe], Tensor]
 
 
@@ -102,6 +107,8 @@ class CamMethod:
         perturbation: for methods that re-run the head or the model on perturbed inputs
             (Ablation-CAM, Score-CAM) instead of using gradients: ``(activations, probe)
             -> channel weights (N, K, C)``; ``compute`` is then unused.
+        perturbation_map: for perturbation methods whose result is a map, not channel weights
+            (ReciproCAM): ``(activations, probe) -> raw maps (N, K, h, w)``.
         reruns_head: True when the method feeds changed activations back to the head, so it
             cannot work through a ``reshape`` (the head reads the layer's own layout).
         reruns_model: True when the method re-runs the whole model per channel batch (seconds
@@ -124,6 +131,7 @@ class CamMethod:
     weights: CamFunction | None = None
     contributions: CamFunction | None = None
     perturbation: PerturbationFunction | None = None
+    perturbation_map: PerturbationFunction | None = None
     reruns_head: bool = False
     reruns_model: bool = False
     aliases: tuple[str, ...] = ()
@@ -147,7 +155,7 @@ class CamMethod:
     @property
     def exportable(self) -> bool:
         """True when the method is one graph (no perturbation loop): TorchScript and ONNX export it."""
-        return self.perturbation is None
+        return self.perturbation is None and self.perturbation_map is None
 
 
 def perturbation_only(activations: Tensor, gradients: Tensor) -> Tensor:  # pragma: no cover - never called
