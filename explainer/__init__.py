@@ -34,6 +34,7 @@ _EXPORTS = {
         "MethodError", "ModelLoadError", "ModelOutputError", "NonFiniteError", "OnnxModelError", "TargetError",
         "TraceError")},
     "OnnxExplainer": "explainer.onnx_import.explainer_onnx",
+    "DetectionTarget": "explainer.detection.targets",
 }
 
 __all__ = ["overlay", "make_grid", *_EXPORTS]
@@ -54,6 +55,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
     from explainer.core import Explainer
+    from explainer.detection.targets import DetectionTarget
     from explainer.errors import (
         DeployCamError,
         ExportError,

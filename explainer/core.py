@@ -159,6 +159,19 @@ class Explainer:
 
         return from_onnx(source, target_layer, method, input_layout=input_layout, **options)
 
+    @staticmethod
+    def for_detector(model: nn.Module, target_layer: str | Sequence[str] = "fpn", method: str | CamMethod = "gradcam"):
+        """An explainer of a torchvision detector (Faster/Mask/Keypoint R-CNN, RetinaNet, FCOS, SSD, SSDlite).
+
+        ``target_layer``: ``"fpn"`` (every FPN output convolution; SSD: ``"backbone"``, its output maps) or a
+        list of ``backbone.fpn.layer_blocks.<i>`` names: multi-layer CAM as pytorch-grad-cam computes it.
+        Calls take images ``(N, 3, H, W)`` in [0, 1] and a :class:`~explainer.detection.DetectionTarget`;
+        see :class:`~explainer.detection.DetectionExplainer`.
+        """
+        from explainer.detection.explainer import DetectionExplainer
+
+        return DetectionExplainer(model, target_layer, method)
+
     #: The layout of the images calls take: ``"nchw"`` here; ONNX models may take ``"nhwc"``.
     input_layout = "nchw"
 

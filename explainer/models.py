@@ -60,6 +60,35 @@ def available_models() -> list[str]:
     return list(LITE_MODELS) + sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+def detector_names() -> list[str]:
+    """torchvision's detectors (``fasterrcnn_*``, ``maskrcnn_*``, ``retinanet_*``, ``fcos_*``, ``ssd*``)."""
+    return sorted(torchvision.models.list_models(module=torchvision.models.detection))
+
+
+def load_detector(name: str, weights: str | None = None, score_threshold: float = 0.5, seed: int = 0) -> nn.Module:
+    """A torchvision detector in eval mode on the CPU: ``weights`` (a state_dict file) or seeded random
+    weights (nothing is downloaded); boxes scoring under ``score_threshold`` are dropped by the model.
+    Raises :class:`ModelLoadError` for unknown names or weights that do not fit."""
+    if name not in detector_names():
+        near = close_matches(name, detector_names())
+        raise ModelLoadError(f"unknown detector {name!r}" + (f"; did you mean {', '.join(near)}?" if near else ""))
+    threshold = {"box_score_thresh" if "rcnn" in name else "score_thresh": float(score_threshold)}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = torchvision.models.get_model(name, weights=None, weights_backbone=None, **threshold)
+    if weights is not None:
+        _load_weights(model, weights, name)
+    return model.eval()
+
+
+def detector_categories(name: str) -> list[str] | None:
+    """The class names of ``name``'s published weights (COCO), from torchvision's metadata (offline)."""
+    try:
+        return list(torchvision.models.get_model_weights(name).DEFAULT.meta["categories"])
+    except (KeyError, ValueError, AttributeError):
+        return None
+
+
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise ModelLoadError(f"weights file {path} does not exist")

@@ -99,6 +99,34 @@ def make_grid(
     return np.concatenate(tiles, axis=1)
 
 
+def draw_boxes(
+    image_rgb_uint8: np.ndarray,
+    boxes: np.ndarray | torch.Tensor,
+    captions: Sequence[str],
+    color: tuple[int, int, int] = (255, 255, 255),
+) -> np.ndarray:
+    """A copy of the image with each box ``(x1, y1, x2, y2)`` (pixels) outlined and captioned above it.
+
+    ``boxes`` is ``(B, 4)``; ``captions`` has one text per box (``"dog 0.87"``). Returns RGB uint8.
+    """
+    picture = _as_uint8_rgb(image_rgb_uint8).copy()
+    if hasattr(boxes, "detach"):  # a tensor (torch is not imported here)
+        boxes = boxes.detach().cpu().numpy()
+    boxes = np.asarray(boxes, dtype=np.float64)
+    if boxes.ndim != 2 or boxes.shape[1:] != (4,) or len(boxes) != len(captions):
+        raise InputError(f"draw_boxes needs (B, 4) boxes and B captions, got {boxes.shape} and {len(captions)}")
+    scale = max(0.35, picture.shape[0] / 800.0)
+    thickness = max(1, round(picture.shape[0] / 300))
+    for (x1, y1, x2, y2), text in zip(boxes.round().astype(int), captions):
+        cv2.rectangle(picture, (int(x1), int(y1)), (int(x2), int(y2)), color, thickness, cv2.LINE_AA)
+        (w, h), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        top = max(int(y1) - h - base - 2, 0)
+        cv2.rectangle(picture, (int(x1), top), (int(x1) + w + 4, top + h + base + 2), color, -1)
+        cv2.putText(picture, text, (int(x1) + 2, top + h + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    return picture
+
+
 def save_png(path: str, image_rgb_uint8: np.ndarray) -> None:
     """Write an RGB uint8 image as PNG (OpenCV); raises OSError if it cannot be written."""
     if not cv2.imwrite(str(path), cv2.cvtColor(_as_uint8_rgb(image_rgb_uint8), cv2.COLOR_RGB2BGR)):

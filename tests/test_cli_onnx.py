@@ -86,3 +86,21 @@ def test_real_imagenet_model_through_onnx_explains_like_the_pytorch_model(export
     assert int(from_file.targets[0]) == int(eager.targets[0]) == 285  # Egyptian cat
     assert float((from_file.cams - eager.cams).abs().max()) <= 1e-4
     np.testing.assert_allclose(from_file.logits.numpy(), eager.logits.numpy(), atol=1e-3)
+
+
+def test_explain_with_a_detector_writes_per_box_maps_and_a_grid(cat_png, tmp_path, capsys):
+    out = tmp_path / "det"
+    code = main(["explain", str(cat_png), "--model", "fasterrcnn_mobilenet_v3_large_320_fpn", "--score-threshold", "0",
+                 "--topk", "2", "--method", "layercam", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert len(list(out.glob("cat_box*_layercam.png"))) == 2 and (out / "cat_grid_layercam.png").is_file()
+    assert "backbone.fpn.layer_blocks.0" in captured.out and "random weights" in captured.err
+    assert main(["explain", str(cat_png), "--model", "retinanet_resnet50_fpn", "--class", "3",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "--class is for classifiers" in capsys.readouterr().err
+
+
+def test_models_lists_detectors(capsys):
+    assert main(["models"]) == 0
+    assert "fasterrcnn_resnet50_fpn  (detector" in capsys.readouterr().out

@@ -47,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runtime", default=None, metavar="FILE",
                    help="explain with an exported graph (.onnx via ONNX Runtime, .pt via TorchScript; part full) "
                         "instead of eager PyTorch; --model/--layer/--method are then ignored")
+    p.add_argument("--score-threshold", type=float, default=0.5,
+                   help="detectors (--model fasterrcnn_*, retinanet_*, fcos_*, ssd*): explain detections scoring "
+                        "at least this (default 0.5); --topk boxes per image")
     p.add_argument("--size", type=int, default=None,
                    help="model input size in pixels (default 224; an --onnx file with a fixed input size sets its own)")
     add_onnx_args(p)
@@ -101,6 +104,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         method = get_method(args.method).name  # an unknown name fails here, before the model loads
     stems = output_stems(paths)
+    from explainer.models import detector_names
+
+    if not args.runtime and not args.onnx and args.model in detector_names():
+        if not 0.0 <= args.score_threshold <= 1.0:
+            raise InputError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+        from deploycam.cli.detect_cmd import explain_detector
+
+        return explain_detector(args, paths, stems, device)
     clashes = existing_outputs(args.out, stems.values(), method)
     if clashes and not args.overwrite:
         shown = ", ".join(clashes[:3]) + (f" and {len(clashes) - 3} more" if len(clashes) > 3 else "")

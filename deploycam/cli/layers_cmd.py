@@ -63,10 +63,12 @@ def _onnx_layers(path: str) -> int:
 
 
 def run_models(args: argparse.Namespace) -> int:
-    from explainer.models import available_models
+    from explainer.models import available_models, detector_names
 
     for name in available_models():
         print(name + ("  (ImageNet weights bundled)" if name == "efficientnet-lite0" else ""))
+    for name in detector_names():
+        print(f"{name}  (detector: explain draws per-box maps)")
     return 0
 
 

@@ -1,0 +1,63 @@
+"""``deploycam explain IMG --model <torchvision detector>``: per-box maps drawn with their boxes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from explainer.errors import InputError
+
+
+def explain_detector(args: argparse.Namespace, paths: Sequence[str], stems: dict[str, str], device: str) -> int:
+    """Explain each image's ``--topk`` best detections (scoring at least ``--score-threshold``): one PNG per
+    box (its map, every explained box outlined, this one captioned first) and a grid per image.
+    Exit 0, or 1 when some images could not be read."""
+    import torch
+    from tqdm import tqdm
+
+    from explainer.core import Explainer
+    from explainer.imaging import load_image
+    from explainer.models import detector_categories, load_detector
+    from explainer.overlay import draw_boxes, make_grid, overlay, save_png
+
+    if args.classes:
+        raise InputError("--class is for classifiers; detectors explain their detections (--topk, --score-threshold)")
+    model = load_detector(args.model, args.weights, args.score_threshold).to(device)
+    if args.weights is None:
+        print(f"note: {args.model} has random weights (nothing is downloaded); pass --weights PATH to a saved "
+              "state_dict for real detections", file=sys.stderr)
+    target = args.layer or ("backbone" if args.model.startswith("ssd") else "fpn")
+    exp = Explainer.for_detector(model, target, args.method)
+    names = detector_categories(args.model)
+    os.makedirs(args.out, exist_ok=True)
+    failures, written = 0, 0
+    for path in tqdm(paths, unit="img", desc="explain", file=sys.stderr):
+        try:
+            image = load_image(path)
+        except (FileNotFoundError, InputError) as exc:
+            failures += 1
+            tqdm.write(f"error: {exc} (skipped)", file=sys.stderr)
+            continue
+        x = torch.from_numpy(image).permute(2, 0, 1).float().div(255.0)[None].to(device)
+        found = exp.explain_detections(x, score_threshold=args.score_threshold, max_boxes=args.topk)[0]
+        captions = [f"{names[d.label] if names and d.label < len(names) else d.label} {d.score:.2f}" for d in found]
+        base = os.path.join(args.out, stems[path])
+        os.makedirs(os.path.dirname(base), exist_ok=True)
+        tiles = []
+        for j, (d, caption) in enumerate(zip(found, captions)):
+            picture = draw_boxes(overlay(image, d.cam, args.colormap, args.alpha), d.box[None], [caption])
+            save_png(f"{base}_box{j}_{d.label}_{exp.method.name}.png", picture)
+            tiles.append(d.cam)
+            written += 1
+        if len(found) > 1:
+            boxed = draw_boxes(image, torch.stack([d.box for d in found]), captions)
+            save_png(f"{base}_grid_{exp.method.name}.png", make_grid(boxed, tiles, captions, args.colormap, args.alpha))
+            written += 1
+        tqdm.write(f"{path}: {', '.join(captions) if captions else 'no detection above the threshold'}")
+    print(f"wrote {written} PNG(s) to {args.out} ({exp.method.name} at {', '.join(exp.layers)} of {args.model})")
+    if failures:
+        print(f"{failures} of {len(paths)} image(s) could not be read and were skipped", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,139 @@
+"""A torchvision detector split at its feature maps without hooks: features without grad, the rest with.
+
+``prepare(images)`` runs the detector's own transform and backbone under ``torch.no_grad()`` up to the
+target maps: the FPN's output convolutions (one map per level, before the extra levels that pool or
+convolve them) for FPN detectors, or the backbone's output maps for SSD. ``detect(prepared, maps)``
+runs the *detector's own forward* on a shallow copy of it whose backbone is replaced by a module that
+returns the given maps (plus the FPN's extra levels computed from them), so everything downstream --
+RPN, RoI heads, anchors, box decoding, NMS, rescaling to the input size -- is torchvision's code and is
+differentiated from the maps on. The model object is never changed: the copy has its own module table.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from explainer.errors import LayerNotFoundError, ModelOutputError
+
+DETECTOR_TYPES = ("FasterRCNN", "MaskRCNN", "KeypointRCNN", "RetinaNet", "FCOS", "SSD")
+
+
+@dataclass
+class Prepared:
+    """One batch up to the target maps.
+
+    Attributes:
+        images: the input batch ``(N, 3, H, W)`` in [0, 1].
+        canvas: ``(N, 3, Hc, Wc)`` after the detector's transform (normalised, resized, padded).
+        image_sizes: each image's ``(h, w)`` inside the canvas.
+        maps: the target maps, each ``(N, C, h_l, w_l)``, without grad.
+        names: their names in the backbone's output (``"0"``, ``"1"``, ...).
+        body: what the FPN's extra levels may read besides the maps (the body's outputs; RetinaNet's P6 reads C5).
+    """
+
+    images: Tensor
+    canvas: Tensor
+    image_sizes: list[tuple[int, int]]
+    maps: list[Tensor]
+    names: list[str]
+    body: list[Tensor]
+
+
+def is_detector(model: nn.Module) -> bool:
+    """True for torchvision detectors this module knows how to split."""
+    return any(t.__name__ in DETECTOR_TYPES for t in type(model).__mro__) and hasattr(model, "transform") \
+        and hasattr(model, "backbone")
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """The target maps this detector offers: ``backbone.fpn.layer_blocks.<i>`` or ``backbone.<name>`` (SSD)."""
+    fpn = getattr(model.backbone, "fpn", None)
+    if fpn is not None:
+        return [f"backbone.fpn.layer_blocks.{i}" for i in range(len(fpn.layer_blocks))]
+    return []  # SSD: known only after a forward (the backbone's output names); see DetectorParts.layers
+
+
+class _Maps(nn.Module):
+    """Stands in for the backbone: returns the given maps (plus the FPN's extra levels) as its output dict."""
+
+    def __init__(self, prepared: Prepared, maps: list[Tensor], extra: nn.Module | None) -> None:
+        super().__init__()
+        self.prepared = prepared
+        self.maps = maps
+        self.extra = extra
+        self.out_channels = maps[0].shape[1]
+
+    def forward(self, canvas: Tensor) -> OrderedDict[str, Tensor]:
+        if canvas.shape != self.prepared.canvas.shape:
+            raise RuntimeError("deploycam: the detector's transform gave another canvas than in prepare()")
+        results, names = list(self.maps), list(self.prepared.names)
+        if self.extra is not None:
+            results, names = self.extra(results, list(self.prepared.body), names)
+        return OrderedDict(zip(names, results))
+
+
+class DetectorParts:
+    """Backbone and rest of a torchvision detector (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, levels: list[int] | None = None) -> None:
+        if not is_detector(model):
+            raise ModelOutputError(f"{type(model).__name__} is not a torchvision detector this explainer knows "
+                                   f"({', '.join(DETECTOR_TYPES)}); explain classifiers with Explainer(model, layer)")
+        self.model = model
+        self.fpn = getattr(model.backbone, "fpn", None)
+        self.levels = levels  # None: every level
+
+    def prepare(self, images: Tensor) -> Prepared:
+        """Transform and backbone under no_grad, up to the target maps."""
+        model: Any = self.model  # torchvision's detectors: transform, backbone (.body, .fpn)
+        with torch.no_grad():
+            image_list, _ = model.transform(list(images))
+            canvas = image_list.tensors
+            if self.fpn is not None:
+                body = model.backbone.body(canvas)
+                fpn = _shallow(self.fpn, extra_blocks=None)
+                out = fpn(body)
+                names, maps, body_maps = list(out.keys()), list(out.values()), list(body.values())
+            else:
+                out = model.backbone(canvas)
+                if isinstance(out, Tensor):
+                    out = OrderedDict([("0", out)])
+                names, maps, body_maps = list(out.keys()), list(out.values()), []
+        return Prepared(images, canvas, [tuple(s) for s in image_list.image_sizes], maps, names, body_maps)
+
+    def detect(self, prepared: Prepared, maps: list[Tensor]) -> list[dict[str, Tensor]]:
+        """The detector's output for ``prepared``'s images with ``maps`` as its target maps (differentiable)."""
+        extra = self.fpn.extra_blocks if self.fpn is not None else None
+        clone = _shallow(self.model, backbone=_Maps(prepared, maps, extra))
+        return clone(list(prepared.images))
+
+    def level_names(self, prepared: Prepared, levels: list[int]) -> list[str]:
+        """Names of the explained maps: ``backbone.fpn.layer_blocks.<i>`` (FPN) or ``backbone.<output>`` (SSD)."""
+        if self.fpn is not None:
+            return [f"backbone.fpn.layer_blocks.{i}" for i in levels]
+        return [f"backbone.{prepared.names[i]}" for i in levels]
+
+    def selected(self, prepared: Prepared, levels: list[int] | None) -> list[int]:
+        """Indices of the maps to explain (every level when ``levels`` is None)."""
+        count = len(prepared.maps)
+        chosen = list(range(count)) if levels is None else levels
+        bad = [i for i in chosen if not 0 <= i < count]
+        if bad:
+            raise LayerNotFoundError(f"the detector has {count} feature levels; level(s) {bad} do not exist")
+        return chosen
+
+
+def _shallow(module: nn.Module, **replace: nn.Module | None) -> nn.Module:
+    """A shallow copy of ``module`` with some child modules replaced; ``module`` itself is untouched
+    (the copy gets its own module table, sharing every other child and parameter)."""
+    clone = copy.copy(module)
+    clone._modules = dict(module._modules)
+    for name, child in replace.items():
+        clone._modules[name] = child
+    return clone
