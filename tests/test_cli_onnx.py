@@ -96,6 +96,9 @@ def test_explain_with_a_detector_writes_per_box_maps_and_a_grid(cat_png, tmp_pat
     assert code == 0, captured.err
     assert len(list(out.glob("cat_box*_layercam.png"))) == 2 and (out / "cat_grid_layercam.png").is_file()
     assert "backbone.fpn.layer_blocks.0" in captured.out and "random weights" in captured.err
+    again = ["explain", str(cat_png), "--model", "fasterrcnn_mobilenet_v3_large_320_fpn", "--method", "layercam",
+             "--out", str(out)]
+    assert main(again) == 2 and "would be overwritten" in capsys.readouterr().err
     assert main(["explain", str(cat_png), "--model", "retinanet_resnet50_fpn", "--class", "3",
                  "--out", str(tmp_path / "x")]) == 2
     assert "--class is for classifiers" in capsys.readouterr().err

@@ -19,11 +19,20 @@ def explain_detector(args: argparse.Namespace, paths: Sequence[str], stems: dict
 
     from explainer.core import Explainer
     from explainer.imaging import load_image
+    from explainer.methods import get_method
     from explainer.models import detector_categories, load_detector
     from explainer.overlay import draw_boxes, make_grid, overlay, save_png
 
     if args.classes:
         raise InputError("--class is for classifiers; detectors explain their detections (--topk, --score-threshold)")
+    import glob
+
+    method = get_method(args.method).name
+    clashes = [f for stem in stems.values() for f in glob.glob(os.path.join(glob.escape(args.out),
+                                                                             f"{glob.escape(stem)}_*_{method}.png"))]
+    if clashes and not args.overwrite:
+        raise InputError(f"{len(clashes)} file(s) in {args.out} would be overwritten ({clashes[0]}, ...); "
+                         "pass --overwrite, or another --out")
     model = load_detector(args.model, args.weights, args.score_threshold).to(device)
     if args.weights is None:
         print(f"note: {args.model} has random weights (nothing is downloaded); pass --weights PATH to a saved "

@@ -11,7 +11,6 @@ without grad, the rest of the detector (torchvision's own code) is differentiate
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -76,7 +75,6 @@ class DetectionExplainer:
             raise MethodError(f"{self.method.name} is not available for detectors yet; use a gradient method or "
                               "eigencam (class-agnostic, no gradient)")
         self.levels, self.layers = self._levels(target_layer)
-        self._lock = threading.Lock()
 
     def _levels(self, target_layer: str | Sequence[str]) -> tuple[list[int] | None, list[str]]:
         fpn = self.parts.fpn
@@ -101,7 +99,6 @@ class DetectionExplainer:
         other = object.__new__(DetectionExplainer)
         other.__dict__.update(self.__dict__)
         other.method = get_method(method)
-        other._lock = threading.Lock()
         if not other.method.exportable or other.method.requires_linear_head:
             raise MethodError(f"{other.method.name} is not available for detectors yet")
         return other
