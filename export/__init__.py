@@ -6,13 +6,17 @@
     rt = load("gradcam.onnx", device="cuda")                       # ONNX Runtime or torch.jit
     result = rt(images, targets=None)                              # an explainer.Explanation
     compare(explainer, rt, images)                                 # max |cam - eager|, same classes
+    to_torchscript(Explainer.for_detector(detector), "det.pt", images)  # detectors: TorchScript
+    detections, cams = load_detector("det.pt")(images, labels, boxes)   # labels (N, B), boxes (N, B, 4)
 """
 
 from export.compare import Comparison, compare
+from export.detection_graph import DetectorGraphInfo, TorchScriptDetectionExplainer, load_detector
 from export.onnx_graph import model_to_onnx, to_onnx
 from export.parts import PARTS, GraphInfo
 from export.runtime import GraphRuntime, OnnxRuntimeExplainer, TorchScriptExplainer, load
 from export.torchscript import to_torchscript
 
 __all__ = ["to_onnx", "model_to_onnx", "to_torchscript", "load", "compare", "Comparison", "PARTS", "GraphInfo",
-           "GraphRuntime", "OnnxRuntimeExplainer", "TorchScriptExplainer"]
+           "GraphRuntime", "OnnxRuntimeExplainer", "TorchScriptExplainer", "load_detector", "DetectorGraphInfo",
+           "TorchScriptDetectionExplainer"]

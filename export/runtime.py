@@ -21,6 +21,7 @@ from explainer.explanation import Explanation
 from explainer.scoring import Targets, check_one_of, resolve_targets, topk_targets
 from explainer.targets import is_target_callable
 from explainer.tracing_lock import running
+from export.detection_graph import is_detector_graph
 from export.onnx_graph import METADATA_KEY
 from export.parts import GraphInfo
 from export.torchscript import METADATA_FILE
@@ -180,6 +181,8 @@ class TorchScriptExplainer(GraphRuntime):
                               f"{str(exc).strip().splitlines()[0]}") from exc
         if not extra[METADATA_FILE]:
             raise ExportError(f"{path} is a TorchScript file but not one exported by deploycam (no {METADATA_FILE})")
+        if is_detector_graph(extra[METADATA_FILE]):
+            raise ExportError(f"{path} is a detector explanation: open it with export.load_detector(path)")
         self.info = GraphInfo.from_json(extra[METADATA_FILE])
         self.device = torch.device(device)
         self.backend = f"torchscript/{self.device}"
@@ -191,6 +194,15 @@ class TorchScriptExplainer(GraphRuntime):
         with torch.enable_grad(), running():
             logits, cam = self.module(x, None if target is None else target.to(self.device))
         return logits.detach(), cam.detach()
+
+
+def _archive_metadata(path: str) -> str:
+    """``deploycam.json`` of a TorchScript archive, read from the zip without loading the module ("" if none)."""
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if name.endswith(f"/extra/{METADATA_FILE}"):
+                return archive.read(name).decode("utf-8", errors="replace")
+    return ""
 
 
 def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str | tuple[str, dict]] | None = None,
@@ -215,6 +227,8 @@ def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str |
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no exported graph at {path}")
     if zipfile.is_zipfile(path):
+        if is_detector_graph(_archive_metadata(path)):
+            raise ExportError(f"{path} is a detector explanation: open it with export.load_detector(path)")
         return TorchScriptExplainer(path, device)
     if path.endswith(".onnx") or not path.endswith((".pt", ".ts", ".pth")):
         return OnnxRuntimeExplainer(path, device, providers, strict, threads, spin)

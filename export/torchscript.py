@@ -16,13 +16,16 @@ gradient) nor re-trace it with ``torch.jit.trace`` (it bakes in the batch size).
 
 import os
 import warnings
+from typing import overload
 
 import torch
 from torch import Tensor, nn
 
 from explainer.core import Explainer
+from explainer.detection import DetectionExplainer
 from explainer.errors import ExportError
 from explainer.tracing_lock import tracing
+from export.detection_graph import DetectorGraphInfo, detector_to_torchscript
 from export.graph import ExplanationGraph, autograd_step, forward_step
 from export.parts import (
     AsTuple,
@@ -64,8 +67,14 @@ def script_module(module: nn.Module) -> torch.jit.ScriptModule:
         return torch.jit.script(module)
 
 
+@overload
 def to_torchscript(explainer: Explainer, path: str | os.PathLike, example_input: Tensor,
-                   part: str = "full") -> GraphInfo:
+                   part: str = "full") -> GraphInfo: ...
+@overload
+def to_torchscript(explainer: DetectionExplainer, path: str | os.PathLike, example_input: Tensor,
+                   part: str = "full") -> DetectorGraphInfo: ...
+def to_torchscript(explainer: Explainer | DetectionExplainer, path: str | os.PathLike, example_input: Tensor,
+                   part: str = "full") -> GraphInfo | DetectorGraphInfo:
     """Script the explanation and save it to ``path`` (``torch.jit.save``; metadata in ``deploycam.json``).
 
     Args:
@@ -77,7 +86,15 @@ def to_torchscript(explainer: Explainer, path: str | os.PathLike, example_input:
 
     Returns the :class:`GraphInfo` written into the file. Raises :class:`ExportError`
     when the model cannot be scripted (the message names TorchScript's complaint).
+
+    A detector explanation (:meth:`Explainer.for_detector`) is saved as a
+    :class:`~export.detection_graph.DetectionGraph`: ``(images, labels (N, B), boxes (N, B, 4)) ->
+    (detections, cams (N, H, W))``, reference boxes as inputs; ``part`` must be ``"full"``.
     """
+    if isinstance(explainer, DetectionExplainer):
+        if part != "full":
+            raise ExportError("a detector explanation exports as one graph from the images (part='full')")
+        return detector_to_torchscript(explainer, path, example_input)
     check_destination(path)
     with tracing():  # scripting compiles the model's modules: no fx trace may patch them meanwhile
         module, info = build_scriptable(explainer, example_input, part)

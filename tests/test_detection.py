@@ -12,63 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from torchvision.models import detection as D
 from torchvision.ops import box_iou
 
 from explainer import DetectionTarget, Explainer, InputError, LayerNotFoundError, MethodError, ModelOutputError
 from explainer.errors import TargetError
 from explainer.methods import exportable_methods
 from tests import reference
+from tests.detectors import DETECTORS, SLOW, detector, images, target_of
 
-#: (builder, target) small enough for seconds on a CPU: a min_size of 160 keeps 160x224 inputs unpadded
-DETECTORS = {
-    "fasterrcnn_mobilenet_v3_large_fpn": dict(box_score_thresh=0.0, min_size=160, max_size=320),
-    "retinanet_resnet50_fpn": dict(score_thresh=0.0, min_size=160, max_size=320),
-    "fcos_resnet50_fpn": dict(score_thresh=0.0, min_size=160, max_size=320),
-    "ssdlite320_mobilenet_v3_large": dict(score_thresh=0.0),
-}
-SLOW = {"maskrcnn_resnet50_fpn": dict(box_score_thresh=0.0, min_size=160, max_size=320),
-        "fasterrcnn_resnet50_fpn_v2": dict(box_score_thresh=0.0, min_size=160, max_size=320),
-        "ssd300_vgg16": dict(score_thresh=0.0)}
 GRADIENT_METHODS = [m for m in exportable_methods() if m not in ("eigencam",)]
-
-
-@functools.cache
-def detector(name: str) -> torch.nn.Module:
-    """A seeded random detector made decisive: batch norm statistics estimated on random images (as
-    tests.helpers.calibrated_model does), classification logits scaled so scores spread without
-    saturating. Untrained defaults score every box alike (~0.011), so which boxes survive NMS flips
-    between float32 and float64 and no reference can match the same box."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = D.__dict__[name](weights=None, weights_backbone=None, **{**DETECTORS, **SLOW}[name])
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.reset_running_stats()
-                module.momentum = None  # a cumulative average over the calibration batch
-        model.backbone.train()
-        with torch.no_grad():  # through the detector's own transform (SSD resizes to 300x300)
-            model.backbone(model.transform(list(torch.rand(4, 3, 160, 224)))[0].tensors)
-        for pname, p in model.named_parameters():
-            if "cls_logits.weight" in pname:
-                p.data.mul_(20)
-            elif "cls_score.weight" in pname:
-                p.data.mul_(0.05)
-        return model.eval()
-
-
-def images(n: int = 2, seed: int = 0) -> torch.Tensor:
-    return torch.rand(n, 3, 160, 224, generator=torch.Generator().manual_seed(seed))
-
-
-def target_of(model, x: torch.Tensor, index: int = 0) -> DetectionTarget:
-    """Image ``index``'s top detection as the target: its label, and its box shrunk by 2 px a side. (At the
-    detection's own box the IoU is exactly 1, a kink of min/max where autograd picks a subgradient that a
-    float64 run, whose box differs by 1e-5, does not: an offset box keeps the IoU term smooth.)"""
-    with torch.no_grad():
-        found = model(list(x))[index]
-    box = found["boxes"][0] + torch.tensor([2.0, 2.0, -2.0, -2.0])
-    return DetectionTarget([int(found["labels"][0])], box[None].tolist(), same_label=True)
 
 
 # --- the float64 oracle: hooks on the FPN's output convolutions, the score restated plainly --------------------
@@ -257,3 +209,24 @@ def test_agrees_with_pytorch_grad_cam_hooks(method, peer):
     with getattr(pgc, peer)(peer_model, target_layers=list(peer_model.backbone.fpn.layer_blocks)) as cam:
         theirs = cam(x, targets=[FasterRCNNBoxScoreTarget(labels=labels, bounding_boxes=boxes)])[0]
     assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] >= 0.99
+
+
+def test_box_score_iou_is_torchvisions_and_finite_on_degenerate_boxes():
+    from explainer.detection.scoring import _box_iou, box_score
+
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(30, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + 1 + torch.rand(30, 2, generator=g) * 40], 1).double()
+    assert torch.allclose(_box_iou(boxes[:5], boxes), box_iou(boxes[:5], boxes), atol=1e-12)
+    line = torch.tensor([[160.0, 47.0, 160.0, 68.0]], dtype=torch.float64, requires_grad=True)  # zero area
+    iou = _box_iou(line.detach(), line)
+    assert float(iou) == 0.0
+    (grad,) = torch.autograd.grad(iou.sum(), line)
+    assert torch.isfinite(grad).all()
+    # a detection explained with its own box: the IoU term (at its maximum, 1) adds no gradient
+    det = boxes[:3].clone().requires_grad_(True)
+    scores = torch.tensor([0.9, 0.5, 0.2], dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([1, 2, 3])
+    total = box_score(det, labels, scores, labels[:1], boxes[:1], 0.5, True)
+    d_boxes, d_scores = torch.autograd.grad(total, [det, scores])
+    assert float(total) == pytest.approx(1.9) and d_boxes.abs().max() == 0 and d_scores.tolist() == [1, 0, 0]

@@ -15,15 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainer.checks import check_grad_mode, check_input
+from explainer.detection import scoring
 from explainer.detection.parts import DetectorParts, Prepared
 from explainer.detection.targets import DetectionTarget, as_detection_targets
 from explainer.errors import InputError, LayerNotFoundError, MethodError, NonFiniteError
 from explainer.methods import CamMethod, get_method
-from explainer.postprocess import normalize_maps
 from explainer.smoothing import contributions, eigen_smooth
 from explainer.tracing_lock import running
 
@@ -233,18 +232,12 @@ def _level_gradients(scores: Tensor, leaves: list[Tensor]) -> list[Tensor]:
 
 
 def combine_levels(raws: list[Tensor], prepared: Prepared) -> Tensor:
-    """Multi-layer CAM, pytorch-grad-cam's convention: each level's map ReLU'd and min-max normalised,
-    resized to the input (through the canvas: the padding the transform added is cropped away), averaged
-    over levels, and normalised again. Returns ``(N, K, H, W)``."""
+    """Multi-layer CAM of ``prepared``'s images, ``(N, K, H, W)``: :func:`~explainer.detection.scoring.combine_levels`
+    through the detector's canvas (the padding its transform added is cropped away)."""
     height, width = prepared.images.shape[-2:]
     hc, wc = prepared.canvas.shape[-2:]
     h, w = prepared.image_sizes[0]
-    resized = []
-    for raw in raws:
-        m = normalize_maps(torch.relu(raw.detach()))
-        m = F.interpolate(m, size=(hc, wc), mode="bilinear", align_corners=False)[..., :h, :w]
-        resized.append(F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False))
-    return normalize_maps(torch.stack(resized).mean(dim=0))
+    return scoring.combine_levels(raws, height, width, hc, wc, h, w)
 
 
 def _top_detection(detection: dict[str, Tensor], index: int) -> DetectionTarget:

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
 
+from explainer.detection.scoring import box_score
 from explainer.errors import TargetError
 
 
@@ -50,19 +50,8 @@ class DetectionTarget:
 
     def __call__(self, detection: dict[str, Tensor]) -> Tensor:
         """The score (a 0-d tensor) of one image's detections ``{"boxes": (D, 4), "labels", "scores"}``."""
-        boxes, scores, labels = detection["boxes"], detection["scores"], detection["labels"]
-        total = scores.new_zeros(())
-        if len(boxes) == 0:
-            return total
-        ious = box_iou(self.boxes.to(boxes), boxes)  # (B, D)
-        if self.same_label:  # boxes of other labels never win
-            ious = torch.where(labels[None, :] == self.labels.to(labels.device)[:, None], ious, ious.new_full((), -1.0))
-        best = ious.detach().argmax(dim=1)
-        for j in range(len(self.boxes)):
-            d = int(best[j])
-            if float(ious[j, d].detach()) > self.iou_threshold and int(labels[d]) == int(self.labels[j]):
-                total = total + ious[j, d] + scores[d]
-        return total
+        return box_score(detection["boxes"], detection["labels"], detection["scores"], self.labels, self.boxes,
+                         self.iou_threshold, self.same_label)
 
     def __repr__(self) -> str:
         return f"DetectionTarget({len(self.boxes)} boxes, labels {self.labels.tolist()}, iou > {self.iou_threshold})"
