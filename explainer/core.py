@@ -160,17 +160,22 @@ class Explainer:
         return from_onnx(source, target_layer, method, input_layout=input_layout, **options)
 
     @staticmethod
-    def for_detector(model: nn.Module, target_layer: str | Sequence[str] = "fpn", method: str | CamMethod = "gradcam"):
+    def for_detector(model: nn.Module, target_layer: str | Sequence[str] = "fpn", method: str | CamMethod = "gradcam",
+                     **options: Any):
         """An explainer of a torchvision detector (Faster/Mask/Keypoint R-CNN, RetinaNet, FCOS, SSD, SSDlite).
 
         ``target_layer``: ``"fpn"`` (every FPN output convolution; SSD: ``"backbone"``, its output maps) or a
-        list of ``backbone.fpn.layer_blocks.<i>`` names: multi-layer CAM as pytorch-grad-cam computes it.
+        list of ``backbone.fpn.layer_blocks.<i>`` names: multi-layer CAM as pytorch-grad-cam computes it;
+        or ``"concat"``: every backbone output level (extra ones included), ``|x|`` resized to the coarsest
+        level and concatenated on channels, one map -- pytorch-grad-cam's ``fasterrcnn_reshape_transform``
+        on ``model.backbone``, for eigencam. ``options``: ``batch_size`` (detector copies per forward of
+        ablationcam / reciprocam, default 8), ``progress`` (their tqdm bar).
         Calls take images ``(N, 3, H, W)`` in [0, 1] and a :class:`~explainer.detection.DetectionTarget`;
         see :class:`~explainer.detection.DetectionExplainer`.
         """
         from explainer.detection.explainer import DetectionExplainer
 
-        return DetectionExplainer(model, target_layer, method)
+        return DetectionExplainer(model, target_layer, method, **options)
 
     #: The layout of the images calls take: ``"nchw"`` here; ONNX models may take ``"nhwc"``.
     input_layout = "nchw"

@@ -299,6 +299,9 @@ def build_detection_graph(explainer: DetectionExplainer, example: Tensor) -> tup
         cls = SsdGraph
     else:
         raise ExportError(f"no TorchScript graph for {type(model).__name__} detectors yet")
+    if explainer.concat:
+        raise ExportError("target_layer='concat' (levels resized and concatenated) has no TorchScript graph yet; "
+                          "export 'fpn' or a list of levels")
     explainer._check(example)
     prepared = explainer.parts.prepare(example)
     levels = explainer.parts.selected(prepared, explainer.levels)

@@ -59,3 +59,34 @@ def target_of(model, x: torch.Tensor, index: int = 0) -> DetectionTarget:
     inset = torch.clamp((box[2:] - box[:2]) / 4, max=2.0)
     box = torch.cat([box[:2] + inset, box[2:] - inset])
     return DetectionTarget([int(found["labels"][0])], box[None].tolist(), same_label=True)
+
+
+@functools.cache
+def tiny_detector() -> torch.nn.Module:
+    """A seeded Faster R-CNN with an 8-channel, two-level FPN on resnet18 (plus its max-pooled level), 50
+    proposals: small enough for perturbation methods (one detector run per channel or position) in
+    seconds. Batch norm calibrated and logits scaled, as :func:`detector` does."""
+    from torchvision.models import resnet18
+    from torchvision.models.detection import FasterRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        backbone = BackboneWithFPN(resnet18(weights=None), return_layers={"layer3": "0", "layer4": "1"},
+                                   in_channels_list=[256, 512], out_channels=8)
+        anchors = AnchorGenerator(sizes=((32,), (64,), (128,)), aspect_ratios=((0.5, 1.0, 2.0),) * 3)
+        model = FasterRCNN(backbone, num_classes=5, rpn_anchor_generator=anchors, min_size=160, max_size=320,
+                           rpn_pre_nms_top_n_test=200, rpn_post_nms_top_n_test=50, box_detections_per_img=20,
+                           box_score_thresh=0.0)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.reset_running_stats()
+                module.momentum = None
+        model.backbone.train()
+        with torch.no_grad():
+            model.backbone(model.transform(list(torch.rand(4, 3, 160, 224)))[0].tensors)
+        for pname, p in model.named_parameters():
+            if "cls_score.weight" in pname:
+                p.data.mul_(20)
+        return model.eval()

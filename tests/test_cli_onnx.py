@@ -107,3 +107,14 @@ def test_explain_with_a_detector_writes_per_box_maps_and_a_grid(cat_png, tmp_pat
 def test_models_lists_detectors(capsys):
     assert main(["models"]) == 0
     assert "fasterrcnn_resnet50_fpn  (detector" in capsys.readouterr().out
+
+
+def test_export_a_detector_to_torchscript_and_check_it(tmp_path, capsys):
+    out = tmp_path / "det.pt"
+    code = main(["export", "--model", "fasterrcnn_mobilenet_v3_large_320_fpn", "--score-threshold", "0", "--size", "160",
+                 "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert out.is_file() and "max |cam - eager| = " in captured.out and "labels (N, B), boxes (N, B, 4)" in captured.out
+    assert main(["export", "--model", "fasterrcnn_mobilenet_v3_large_320_fpn", "--out", str(tmp_path / "d.onnx")]) == 2
+    assert "TorchScript only" in capsys.readouterr().err

@@ -177,7 +177,7 @@ def test_bad_input_gets_a_specific_error():
     with pytest.raises(LayerNotFoundError, match="backbone.fpn.layer_blocks.0"):
         Explainer.for_detector(model, "layer4")
     with pytest.raises(MethodError, match="not available for detectors"):
-        Explainer.for_detector(model, "fpn", "ablationcam")
+        Explainer.for_detector(model, "fpn", "cam")
     exp = Explainer.for_detector(model)
     with pytest.raises(InputError):
         exp(torch.rand(1, 1, 64, 64))
@@ -230,3 +230,157 @@ def test_box_score_iou_is_torchvisions_and_finite_on_degenerate_boxes():
     total = box_score(det, labels, scores, labels[:1], boxes[:1], 0.5, True)
     d_boxes, d_scores = torch.autograd.grad(total, [det, scores])
     assert float(total) == pytest.approx(1.9) and d_boxes.abs().max() == 0 and d_scores.tolist() == [1, 0, 0]
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_mobilenet_v3_large_fpn", "retinanet_resnet50_fpn"])
+def test_concatenated_levels_eigencam_matches_a_float64_restatement(name):
+    """target_layer="concat": the backbone's whole output (extra levels too), |x| resized to the coarsest
+    level and concatenated on channels (pytorch-grad-cam's fasterrcnn_reshape_transform), restated here."""
+    m = float64_detector(name)
+    x = images(1, seed=2).double()
+    with torch.no_grad():
+        levels = list(m.backbone(m.transform(list(x))[0].tensors).values())  # the detector's own backbone
+    size = levels[-1].shape[-2:]
+    merged = torch.cat([F.interpolate(v.abs(), size=size, mode="bilinear", align_corners=False) for v in levels], 1)
+    expected = aggregate([reference.FORMULAS["eigencam"](merged.numpy(), None)[0]], 160, 224)
+    result = Explainer.for_detector(m, "concat", "eigencam")(x)
+    assert result.layers == ["backbone (levels concatenated)"]
+    assert np.abs(result.cams[0].numpy() - expected).max() <= 1e-6
+    with pytest.raises(MethodError, match="no gradient there"):
+        Explainer.for_detector(m, "concat", "gradcam")
+    with pytest.raises(MethodError, match="no gradient there"):
+        Explainer.for_detector(m, "concat", "eigencam").with_method("layercam")
+
+
+def test_concatenated_levels_eigencam_agrees_with_pytorch_grad_cam():
+    """pytorch-grad-cam's EigenCAM on model.backbone with its fasterrcnn_reshape_transform."""
+    pgc = pytest.importorskip("pytorch_grad_cam", reason="the bench extra (pytorch-grad-cam) is not installed")
+    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+    from pytorch_grad_cam.utils.reshape_transforms import fasterrcnn_reshape_transform
+
+    model = detector("fasterrcnn_mobilenet_v3_large_fpn")
+    x = images(1, seed=1)
+    ours = Explainer.for_detector(model, "concat", "eigencam")(x).cams[0].numpy()
+    peer = copy.deepcopy(model)
+    with torch.no_grad():
+        found = peer(list(x))[0]
+    target = FasterRCNNBoxScoreTarget(labels=found["labels"][:1].tolist(), bounding_boxes=found["boxes"][:1].numpy())
+    with pgc.EigenCAM(peer, target_layers=[peer.backbone], reshape_transform=fasterrcnn_reshape_transform) as cam:
+        theirs = cam(x, targets=[target])[0]  # (EigenCAM ignores the target; pytorch-grad-cam needs one)
+    assert np.abs(ours - theirs).max() <= 1e-5  # measured 1e-6 (pytorch-grad-cam resizes with OpenCV)
+
+
+def restated_score(found, target: DetectionTarget) -> torch.Tensor:
+    """FasterRCNNBoxScoreTarget with same_label, written plainly: per reference box the best same-label IoU
+    above the threshold adds IoU + score (summed over images)."""
+    score = torch.zeros((), dtype=torch.float64)
+    for image in found:
+        ious = box_iou(target.boxes.double(), image["boxes"].double())
+        for j in range(len(target.boxes)):
+            same = image["labels"] == target.labels[j]
+            if not bool(same.any()):
+                continue
+            candidates = torch.where(same, ious[j], torch.full_like(ious[j], -1.0))
+            d = int(candidates.argmax())
+            if float(candidates[d]) > target.iou_threshold:
+                score = score + ious[j, d] + image["scores"][d].double()
+    return score
+
+
+def perturbation_reference(model, x, target: DetectionTarget, method: str) -> list[np.ndarray]:
+    """Ablation-CAM / ReciproCAM of each FPN level, from the whole float64 detector re-run with a forward
+    hook replacing that level's output: Ablation-CAM w_c = (S - S_c) / S with channel c zeroed, map
+    ReLU(sum_c w_c A_c); ReciproCAM the score with the level's maps times a 3x3 Gaussian (1/4, 1/8, 1/16)
+    centred at each position."""
+    m = copy.deepcopy(model).double().eval()
+    state: dict = {}
+
+    def hook(i):
+        def replace(_module, _inputs, output):
+            state.setdefault(i, output.detach().clone())
+            return state["replace"] if state.get("level") == i else output
+        return replace
+
+    for i, block in enumerate(m.backbone.fpn.layer_blocks):
+        block.register_forward_hook(hook(i))
+    kernel = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]]) / 16.0
+    with torch.no_grad():
+        base = float(restated_score(m(list(x.double())), target))
+        raws = []
+        for level in range(len(m.backbone.fpn.layer_blocks)):
+            A = state[level]
+            state["level"] = level
+            if method == "ablationcam":
+                weights = []
+                for c in range(A.shape[1]):
+                    state["replace"] = A.clone()
+                    state["replace"][:, c] = 0
+                    weights.append((base - float(restated_score(m(list(x.double())), target))) / base)
+                raws.append(np.maximum(np.einsum("c,chw->hw", np.array(weights), A[0].numpy()), 0))
+            else:
+                h, w = A.shape[-2:]
+                out = np.zeros((h, w))
+                for i in range(h):
+                    for j in range(w):
+                        g = np.zeros((h + 2, w + 2))
+                        g[i:i + 3, j:j + 3] = kernel
+                        state["replace"] = A * torch.from_numpy(g[1:-1, 1:-1])
+                        out[i, j] = float(restated_score(m(list(x.double())), target))
+                raws.append(out)
+            state.pop("level")
+    return raws
+
+
+@pytest.mark.parametrize("method", ["ablationcam", "reciprocam"])
+def test_perturbation_methods_match_a_float64_rerun_of_the_whole_detector(method):
+    from tests.detectors import tiny_detector
+
+    model = tiny_detector()
+    x = images(1, seed=6)
+    target = target_of(model, x)
+    expected = perturbation_reference(model, x, target, method)
+    result = Explainer.for_detector(copy.deepcopy(model).double(), "fpn", method, batch_size=5,
+                                    progress=False)(x.double(), target)
+    for level, (raw, e) in enumerate(zip(result.level_maps, expected)):
+        assert np.abs(raw[0, 0].numpy() - e).max() <= 1e-8 * max(np.abs(e).max(), 1e-12), f"level {level}"
+    assert np.abs(result.cams[0].numpy() - aggregate(expected, 160, 224)).max() <= 1e-6
+    in_float32 = Explainer.for_detector(model, "fpn", method, progress=False)(x, target).cams[0].double().numpy()
+    assert np.corrcoef(in_float32.ravel(), result.cams[0].numpy().ravel())[0, 1] >= 0.99
+
+
+def test_aug_smooth_is_the_mean_over_flipped_and_brightened_copies_with_mirrored_boxes():
+    model = detector("fasterrcnn_mobilenet_v3_large_fpn")
+    x = images(1, seed=2)
+    target = target_of(model, x)
+    exp = Explainer.for_detector(model, "fpn", "gradcam")
+    smoothed = exp(x, target, aug_smooth=True).cams
+    width = x.shape[-1]
+    b = target.boxes
+    mirrored = DetectionTarget(target.labels, torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], 1),
+                               same_label=True)
+    maps = [exp(x, target).cams]
+    for flip, factor in [(False, 0.9), (False, 1.1), (True, 0.9), (True, 1.0), (True, 1.1)]:
+        if flip:
+            maps.append(exp((x * factor).flip(-1), mirrored).cams.flip(-1))
+        else:
+            maps.append(exp(x * factor, target).cams)
+    assert (smoothed - torch.stack(maps).mean(0)).abs().max() <= 1e-6
+
+
+def test_perturbation_methods_per_box_and_their_limits():
+    from tests.detectors import tiny_detector
+
+    model = tiny_detector()
+    x = images(2, seed=1)
+    exp = Explainer.for_detector(model, "fpn", "ablationcam", batch_size=8, progress=False)
+    per_box = exp.explain_detections(x, score_threshold=0.0, max_boxes=2)
+    assert [len(p) for p in per_box] == [2, 2]
+    d = per_box[1][1]
+    alone = exp(x[1:], DetectionTarget([d.label], d.box[None].tolist(), same_label=True)).cams[0]
+    assert (d.cam - alone).abs().max() <= 1e-5
+    with pytest.raises(MethodError, match="whole model"):
+        Explainer.for_detector(model, "fpn", "scorecam")
+    with pytest.raises(MethodError, match="nothing to perturb"):
+        Explainer.for_detector(model, "concat", "reciprocam")
+    with pytest.raises(InputError, match="batch_size"):
+        Explainer.for_detector(model, "fpn", "ablationcam", batch_size=0)

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--static-batch", type=int, default=None, metavar="N",
                    help="fix the batch size to N (ONNX; default dynamic)")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with eager PyTorch")
+    p.add_argument("--score-threshold", type=float, default=0.5,
+                   help="detectors (--model fasterrcnn_*, retinanet_*, fcos_*, ssd*; TorchScript only): the "
+                        "detector's own score threshold, kept in the graph (default 0.5)")
     add_onnx_args(p, preprocessing=False)
     p.set_defaults(run=run)
 
@@ -50,6 +53,10 @@ def run(args: argparse.Namespace) -> int:
     if args.opset is not None and not 18 <= args.opset <= 23:
         raise InputError(f"--opset must be between 18 and 23, got {args.opset}")
     check_output_file(args.out)
+    from explainer.models import detector_names
+
+    if not args.onnx and args.model in detector_names():
+        return export_detector(args, fmt)
 
     start = _step(f"loading {args.onnx or args.model}")
     import torch
@@ -95,4 +102,52 @@ def run(args: argparse.Namespace) -> int:
           f"same predicted classes: {result.same_classes}")
     if not result.ok:
         raise DeployCamError("the exported graph does not match eager PyTorch (max diff > 1e-4 or other classes)")
+    return 0
+
+
+def export_detector(args: argparse.Namespace, fmt: str) -> int:
+    """A torchvision detector's explanation as a TorchScript graph ``(images, labels, boxes) -> (detections,
+    cams)`` (see :mod:`export.detection_graph`), checked against eager on random images' top detections."""
+    if fmt != "torchscript":
+        raise InputError("detector explanations export to TorchScript only (--out x.pt): an ONNX graph cannot "
+                         "hold the gradient of NMS-selected boxes (see the README, 'Explain a detector')")
+    if args.part != "full":
+        raise InputError("a detector explanation exports as one graph from the images (--part full)")
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise InputError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    start = _step(f"loading {args.model}")
+    import torch
+
+    from explainer.core import Explainer
+    from explainer.models import load_detector as load_detector_model
+    from export import load_detector, to_torchscript
+
+    model = load_detector_model(args.model, args.weights, args.score_threshold)
+    if args.weights is None:
+        print(f"note: {args.model} has random weights (nothing is downloaded); pass --weights PATH for real ones",
+              file=sys.stderr)
+    layer = args.layer or ("backbone" if args.model.startswith("ssd") else "fpn")
+    explainer = Explainer.for_detector(model, layer, args.method)
+    size = args.size or 320
+    gen = torch.Generator().manual_seed(0)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    _step(f"scripting and writing the detector graph of {explainer.method.name} at {layer}")
+    info = to_torchscript(explainer, args.out, torch.rand(1, 3, size, size, generator=gen))
+    print(f"wrote {args.out} (torchscript, {info.detector}, {info.method} at {', '.join(info.layers)}, input "
+          f"(N, 3, H, W) in [0, 1] + labels (N, B), boxes (N, B, 4), {os.path.getsize(args.out) / 2**20:.1f} MB, "
+          f"{time.perf_counter() - start:.0f} s)")
+    if args.no_check:
+        return 0
+    _step("comparing with eager PyTorch on fresh random images (each image's top detection)")
+    fresh = torch.rand(2, 3, size, size, generator=gen)
+    try:
+        expected = explainer(fresh)
+    except InputError as exc:
+        print(f"check skipped: {exc} (random images; pass --score-threshold 0 to check)")
+        return 0
+    _, cams = load_detector(args.out)(fresh)
+    diff = float((cams - expected.cams).abs().max())
+    print(f"check on a fresh batch of 2 (torchscript/cpu): max |cam - eager| = {diff:.2e}")
+    if diff > 1e-4:
+        raise DeployCamError("the exported graph does not match eager PyTorch (max diff > 1e-4)")
     return 0

@@ -23,8 +23,12 @@ from explainer.detection.parts import DetectorParts, Prepared
 from explainer.detection.targets import DetectionTarget, as_detection_targets
 from explainer.errors import InputError, LayerNotFoundError, MethodError, NonFiniteError
 from explainer.methods import CamMethod, get_method
-from explainer.smoothing import contributions, eigen_smooth
+from explainer.methods.base import Probe, weighted_sum
+from explainer.smoothing import AUGMENTATIONS, contributions, eigen_smooth
 from explainer.tracing_lock import running
+
+#: target_layer of the backbone's levels concatenated (pytorch-grad-cam's fasterrcnn_reshape_transform)
+CONCAT = "concat"
 
 
 @dataclass(frozen=True)
@@ -66,14 +70,27 @@ class DetectionExplainer:
     """
 
     def __init__(self, model: nn.Module, target_layer: str | Sequence[str] = "fpn",
-                 method: str | CamMethod = "gradcam") -> None:
+                 method: str | CamMethod = "gradcam", batch_size: int = 8, progress: bool = True) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        self.batch_size = batch_size  # perturbation methods: detector copies per forward
+        self.progress = progress
         self.parts = DetectorParts(model)
         self.model = model
-        self.method = get_method(method)
-        if not self.method.exportable or self.method.requires_linear_head:
-            raise MethodError(f"{self.method.name} is not available for detectors yet; use a gradient method or "
-                              "eigencam (class-agnostic, no gradient)")
+        self.concat = isinstance(target_layer, str) and target_layer == CONCAT
+        self.method = self._checked(get_method(method))
         self.levels, self.layers = self._levels(target_layer)
+
+    def _checked(self, method: CamMethod) -> CamMethod:
+        if method.requires_linear_head or method.reruns_model:
+            raise MethodError(f"{method.name} is not available for detectors: it needs "
+                              f"{'a pooling + linear classifier head' if method.requires_linear_head else 'the whole model re-run per channel'}"
+                              "; use a gradient method, eigencam (no gradient), ablationcam or reciprocam (head-only)")
+        if self.concat and (method.needs_gradient or not method.exportable):
+            raise MethodError(f"target_layer={CONCAT!r} is a derived tensor (levels resized and concatenated) that "
+                              f"no score depends on, so {method.name} has no gradient there and nothing to perturb; "
+                              "use eigencam on it, or 'fpn' / a list of levels")
+        return method
 
     def _levels(self, target_layer: str | Sequence[str]) -> tuple[list[int] | None, list[str]]:
         fpn = self.parts.fpn
@@ -81,6 +98,8 @@ class DetectionExplainer:
                  else None)
         if target_layer in ("fpn", "backbone"):
             return None, names or ["backbone"]
+        if self.concat:
+            return None, ["backbone (levels concatenated)"]
         wanted = [target_layer] if isinstance(target_layer, str) else list(target_layer)
         if names is None:
             raise LayerNotFoundError(f"{type(self.model).__name__} has no FPN; its target is 'backbone' (the "
@@ -97,9 +116,7 @@ class DetectionExplainer:
         """The same detector and layers with another method."""
         other = object.__new__(DetectionExplainer)
         other.__dict__.update(self.__dict__)
-        other.method = get_method(method)
-        if not other.method.exportable or other.method.requires_linear_head:
-            raise MethodError(f"{other.method.name} is not available for detectors yet")
+        other.method = other._checked(get_method(method))
         return other
 
     def _check(self, images: Tensor) -> None:
@@ -111,31 +128,58 @@ class DetectionExplainer:
                              "detections); call model.eval() first")
 
     def __call__(self, images: Tensor, targets: DetectionTarget | Sequence | None = None, *,
-                 eigen_smooth: bool = False) -> DetectionExplanation:
+                 aug_smooth: bool = False, eigen_smooth: bool = False) -> DetectionExplanation:
         """Explain ``images`` ``(N, 3, H, W)`` in [0, 1].
 
         ``targets``: a :class:`DetectionTarget` (all images), N of them, or N lists of K (one map per
         target, one batched backward); None explains each image's highest-scoring detection
         (eigencam is class-agnostic and needs none).
+        ``aug_smooth``: ``cams`` is the mean over the images and 5 augmented copies (horizontal flip x
+        intensity 0.9/1.0/1.1, as pytorch-grad-cam), the reference boxes mirrored with flipped copies
+        and each map flipped back (``level_maps`` stay the original's). ``eigen_smooth``: the first
+        principal component of the channel contributions instead of their sum.
         """
         self._check(images)
         with running():
             prepared = self.parts.prepare(images)
             levels = self.parts.selected(prepared, self.levels)
-            if targets is None and self.method.needs_gradient:
+            if targets is None and self._needs_targets:
                 with torch.no_grad():
                     found = self.parts.detect(prepared, prepared.maps)
                 targets = [_top_detection(d, i) for i, d in enumerate(found)]
             per_image, keep_k = (as_detection_targets(targets, len(images)) if targets is not None
                                  else (None, False))
             detections, raws = self._maps(prepared, levels, per_image, eigen_smooth)
-        cams = combine_levels(raws, prepared)
+            cams = combine_levels(raws, prepared)
+            if aug_smooth:
+                cams = self._augmented_mean(images, cams, levels, per_image, eigen_smooth)
         if not keep_k:
             cams = cams[:, 0]
-        return DetectionExplanation(_detached(detections), cams, [r.detach() for r in raws], self.method.name,
-                                    self.parts.level_names(prepared, levels))
+        layers = self.layers if self.concat else self.parts.level_names(prepared, levels)
+        return DetectionExplanation(_detached(detections), cams, [r.detach() for r in raws], self.method.name, layers)
 
     explain = __call__
+
+    def _augmented_mean(self, images: Tensor, cams: Tensor, levels: list[int],
+                        per_image: list[list[DetectionTarget]] | None, eigen: bool) -> Tensor:
+        """The mean of ``cams`` ``(N, K, H, W)`` and the maps of the augmented copies, flipped back."""
+        width = images.shape[-1]
+        all_cams = [cams]
+        for flip, factor in AUGMENTATIONS:
+            augmented = images * factor
+            targets = per_image
+            if flip:
+                augmented = augmented.flip(-1)
+                targets = None if per_image is None else [[t.flipped(width) for t in ts] for ts in per_image]
+            prepared = self.parts.prepare(augmented)
+            _, raws = self._maps(prepared, levels, targets, eigen)
+            c = combine_levels(raws, prepared)
+            all_cams.append(c.flip(-1) if flip else c)
+        return torch.stack(all_cams).mean(0)
+
+    @property
+    def _needs_targets(self) -> bool:
+        return self.method.needs_gradient or not self.method.exportable  # eigencam is class-agnostic
 
     def explain_detections(self, images: Tensor, score_threshold: float = 0.5,
                            max_boxes: int | None = None) -> list[list[ExplainedDetection]]:
@@ -171,8 +215,16 @@ class DetectionExplainer:
                            for box, label in zip(d["boxes"][keep], d["labels"][keep])]
                 padding = DetectionTarget([-1], [[0.0, 0.0, 0.0, 0.0]])  # matches nothing: an all-zero map
                 per_image.append(targets + [padding] * (k - len(targets)))
-            _, raws = self._maps(prepared, levels, per_image, False)
-        cams = combine_levels(raws, prepared)
+            if self.method.exportable:
+                _, raws = self._maps(prepared, levels, per_image, False)
+                cams = combine_levels(raws, prepared)
+            else:  # perturbation methods: one image at a time (a padding target's score 0 has no weights)
+                cams = torch.zeros(len(found), k, *images.shape[-2:], dtype=images.dtype, device=images.device)
+                for i, count in enumerate(counts):
+                    if count:
+                        one = self.parts.prepare(images[i:i + 1])
+                        _, raws = self._maps(one, levels, [per_image[i][:count]], False)
+                        cams[i, :count] = combine_levels(raws, one)[0]
         out = []
         for i, (d, keep) in enumerate(zip(found, kept)):
             out.append([ExplainedDetection(box.detach(), int(label), float(score), cams[i, j])
@@ -183,6 +235,18 @@ class DetectionExplainer:
     def _maps(self, prepared: Prepared, levels: list[int], per_image: list[list[DetectionTarget]] | None,
               eigen: bool) -> tuple[list[dict[str, Tensor]], list[Tensor]]:
         """Detections and each level's raw map ``(N, K, h_l, w_l)``."""
+        if not self.method.exportable:
+            assert per_image is not None
+            return self._perturbation_maps(prepared, levels, per_image, eigen)
+        if self.concat:  # one map of the concatenated levels, gradient-free
+            with torch.no_grad():
+                detections = self.parts.detect(prepared, prepared.maps)
+                merged = self.parts.concatenated(prepared)
+                raw = self.method.compute(merged, merged.new_empty(0))
+            if not bool(torch.isfinite(raw).all()):
+                raise NonFiniteError(f"{self.method.name} produced NaN/inf values on the detector's feature maps")
+            k = 1 if per_image is None else len(per_image[0])
+            return detections, [raw.expand(-1, k, -1, -1)]
         needs_grad = self.method.needs_gradient
         leaves = [prepared.maps[i].detach().requires_grad_(needs_grad) for i in levels]
         maps = list(prepared.maps)
@@ -208,6 +272,49 @@ class DetectionExplainer:
                 raise NonFiniteError(f"{self.method.name} produced NaN/inf values on the detector's feature maps")
             raws.append(raw)
         return detections, raws
+
+
+    def _perturbation_maps(self, prepared: Prepared, levels: list[int], per_image: list[list[DetectionTarget]],
+                           eigen: bool) -> tuple[list[dict[str, Tensor]], list[Tensor]]:
+        """Ablation-CAM / ReciproCAM per level: the method's own loop, with a probe that runs the rest of the
+        detector on ``batch_size`` changed copies of one level's maps (the other levels as they were)."""
+        with torch.no_grad():
+            detections = self.parts.detect(prepared, prepared.maps)
+        raws = []
+        for level in levels:
+            a = prepared.maps[level]
+            probe = self._probe(prepared, level, per_image)
+            if self.method.perturbation is not None:
+                weights = self.method.perturbation(a, probe)
+                parts = contributions(self.method, a, a.new_empty(0), weights) if eigen else None
+                raw = eigen_smooth(parts) if parts is not None else weighted_sum(weights, a)
+            else:
+                assert self.method.perturbation_map is not None
+                raw = self.method.perturbation_map(a, probe)
+            if not bool(torch.isfinite(raw).all()):
+                raise NonFiniteError(f"{self.method.name} produced NaN/inf values on the detector's feature maps")
+            raws.append(raw)
+        return detections, raws
+
+    def _probe(self, prepared: Prepared, level: int, per_image: list[list[DetectionTarget]]) -> Probe:
+        """What a perturbation method runs: ``head(maps of level (B, C, h, w), rows (B,)) -> target scores
+        (B, K)``, where ``rows`` says which image each copy is."""
+
+        def head(level_maps: Tensor, rows: Tensor) -> Tensor:
+            index = rows.tolist()
+            sub = Prepared(prepared.images[rows], prepared.canvas[rows], [prepared.image_sizes[i] for i in index],
+                           [m[rows] for m in prepared.maps], prepared.names, [b[rows] for b in prepared.body])
+            maps = list(sub.maps)
+            maps[level] = level_maps
+            found = self.parts.detect(sub, maps)
+            return torch.stack([torch.stack([t(d) for t in per_image[i]]) for d, i in zip(found, index)])
+
+        def whole_model(images: Tensor) -> Tensor:
+            raise MethodError(f"{self.method.name} re-runs the whole model; not available for detectors")
+
+        rows = torch.arange(len(prepared.images), device=prepared.images.device)
+        return Probe(head, (rows,), whole_model, lambda output, _rows: output, len(per_image[0]), prepared.images,
+                     batch_size=self.batch_size, progress=self.progress)
 
 
 def _level_gradients(scores: Tensor, leaves: list[Tensor]) -> list[Tensor]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from explainer.errors import LayerNotFoundError, ModelOutputError
@@ -112,6 +113,18 @@ class DetectorParts:
         extra = self.fpn.extra_blocks if self.fpn is not None else None
         clone = _shallow(self.model, backbone=_Maps(prepared, maps, extra))
         return clone(list(prepared.images))
+
+    def concatenated(self, prepared: Prepared) -> Tensor:
+        """Every backbone output level (the FPN's extra ones included), ``|x|`` resized bilinearly to the
+        last (coarsest) level's size and concatenated on channels: ``(N, sum C_l, h, w)``, without grad.
+        This is pytorch-grad-cam's ``fasterrcnn_reshape_transform`` of ``model.backbone``'s output."""
+        with torch.no_grad():
+            maps, names = list(prepared.maps), list(prepared.names)
+            if self.fpn is not None and self.fpn.extra_blocks is not None:
+                maps, names = self.fpn.extra_blocks(maps, list(prepared.body), names)
+            size = maps[-1].shape[-2:]
+            return torch.cat([F.interpolate(m.abs(), size=size, mode="bilinear", align_corners=False)
+                              for m in maps], dim=1)
 
     def level_names(self, prepared: Prepared, levels: list[int]) -> list[str]:
         """Names of the explained maps: ``backbone.fpn.layer_blocks.<i>`` (FPN) or ``backbone.<output>`` (SSD)."""

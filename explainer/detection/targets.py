@@ -53,6 +53,12 @@ class DetectionTarget:
         return box_score(detection["boxes"], detection["labels"], detection["scores"], self.labels, self.boxes,
                          self.iou_threshold, self.same_label)
 
+    def flipped(self, width: int) -> DetectionTarget:
+        """The same target for images flipped horizontally (``width`` pixels wide): boxes mirrored."""
+        x1, y1, x2, y2 = self.boxes.unbind(1)
+        mirrored = torch.stack([width - x2, y1, width - x1, y2], dim=1)
+        return DetectionTarget(self.labels, mirrored, self.iou_threshold, self.same_label)
+
     def __repr__(self) -> str:
         return f"DetectionTarget({len(self.boxes)} boxes, labels {self.labels.tolist()}, iou > {self.iou_threshold})"
 
