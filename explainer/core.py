@@ -13,7 +13,7 @@ import os
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import Tensor, nn
@@ -63,6 +63,15 @@ class Explainer:
         result = exp(images, targets=None)   # images: (N, 3, H, W) float
         result.cams                          # (N, H, W) in [0, 1]
     """
+
+    def __new__(cls, model: nn.Module | None = None, target_layer: Any = None, *args: Any, **kwargs: Any) -> Self:
+        """A list of target layers gives a :class:`~explainer.multilayer.MultiLayerExplainer` (multi-layer CAM:
+        the same call and result type, maps combined over the layers)."""
+        if cls is Explainer and isinstance(target_layer, (list, tuple)) and isinstance(model, nn.Module):
+            from explainer.multilayer import MultiLayerExplainer
+
+            return MultiLayerExplainer(model, target_layer, *args, **kwargs)  # type: ignore[return-value]
+        return super().__new__(cls)
 
     def __init__(
         self,

@@ -94,6 +94,10 @@ def export_parts(explainer: Explainer, example_input: Tensor, part: str, fmt: st
     through :meth:`Explainer.to_nchw`) through it once."""
     if part not in PARTS:
         raise ExportError(f"part must be one of {PARTS}, got {part!r}")
+    if not isinstance(explainer, Explainer):
+        layers = getattr(explainer, "layers", None)
+        raise ExportError(f"cannot export a {type(explainer).__name__}" + (
+            f" (layers {', '.join(layers)}): export one Explainer per layer" if layers else ""))
     backbone, head = explainer.backbone, explainer.head
     if not explainer.method.exportable:
         raise ExportError(f"{explainer.method.name!r} re-runs the network on perturbed copies; it is not "
