@@ -27,13 +27,21 @@ class LinearHead:
     bias: torch.Tensor | None  # (num_classes,)
 
 
-def _is_global_pool(node: fx.Node, gm: fx.GraphModule) -> bool:
+def is_adaptive_global_pool(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """True for an ``nn.AdaptiveAvgPool2d(1)`` call or ``F.adaptive_avg_pool2d(x, 1)`` node of ``gm``."""
     if node.op == "call_module":
         mod = gm.get_submodule(str(node.target))
         return isinstance(mod, nn.AdaptiveAvgPool2d) and mod.output_size in (1, (1, 1))
     if node.op == "call_function" and node.target is F.adaptive_avg_pool2d:
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
         return size in (1, (1, 1), [1, 1])
+    return False
+
+
+def _is_global_pool(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """:func:`is_adaptive_global_pool`, or a spatial ``mean`` over the last two axes."""
+    if is_adaptive_global_pool(node, gm):
+        return True
     if node.op in ("call_method", "call_function") and (node.target == "mean" or node.target is torch.mean):
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
         return tuple(dim) in ((2, 3), (-2, -1), (3, 2), (-1, -2)) if isinstance(dim, (tuple, list)) else False

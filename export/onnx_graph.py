@@ -34,7 +34,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from explainer.core import Explainer
 from explainer.errors import ExportError
 from explainer.gradients import one_hot_target
-from explainer.head_structure import find_linear_head
+from explainer.head_structure import find_linear_head, is_adaptive_global_pool
 from explainer.tracing_lock import tracing
 from export.decompositions import gradient_decompositions
 from export.graph import AnalyticStep, ExplanationGraph, TracedStep, forward_step
@@ -51,14 +51,6 @@ from export.parts import (
 METADATA_KEY = "deploycam"
 #: Opsets the dynamo exporter of torch 2.14 writes natively (below 18 it would convert and may silently stay at 18).
 SUPPORTED_OPSETS = range(18, 24)
-
-
-def _is_global_pool(head: fx.GraphModule, node: fx.Node) -> bool:
-    if node.op == "call_module":
-        module = head.get_submodule(str(node.target))
-        return isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1))
-    return node.op == "call_function" and node.target is torch.nn.functional.adaptive_avg_pool2d \
-        and (node.args[1:2] or [node.kwargs.get("output_size")])[0] in (1, (1, 1), [1, 1])
 
 
 def _linear_parts(head: fx.GraphModule, node: fx.Node) -> tuple[Any, Any, Any] | None:
@@ -90,7 +82,7 @@ def onnx_friendly_head(head: nn.Module) -> nn.Module:
     changed = False
     for node in list(graph.nodes):
         replacement = None
-        if _is_global_pool(head, node):
+        if is_adaptive_global_pool(node, head):
             with graph.inserting_before(node):
                 replacement = graph.call_method("mean", (node.args[0],), {"dim": (-2, -1), "keepdim": True})
         elif (parts := _linear_parts(head, node)) is not None:

@@ -152,16 +152,22 @@ def export_parts(explainer: Explainer, example_input: Tensor, part: str, fmt: st
     return ExportParts(backbone, head, explainer.method, activations, tuple(skips), info)
 
 
-def model_layout_input(module: nn.Module, info: GraphInfo, first: Tensor) -> Tuple[nn.Module, Tensor]:
-    """The graph and its example first input as the model takes images: wrapped in
-    :class:`~export.graph.ChannelsLastInput` for ``nhwc`` models, unchanged otherwise."""
+def in_model_layout(module: nn.Module, info: GraphInfo) -> nn.Module:
+    """The graph taking images as the model does: wrapped in :class:`~export.graph.ChannelsLastInput`
+    for ``nhwc`` models, unchanged otherwise."""
     from export.graph import ChannelsLastInput
 
     if info.input_layout != "nhwc":
-        return module, first
+        return module
     wrapped = ChannelsLastInput(module)
     object.__setattr__(wrapped, "training", False)
-    return wrapped, first.permute(0, 2, 3, 1).contiguous()
+    return wrapped
+
+
+def model_layout_input(module: nn.Module, info: GraphInfo, first: Tensor) -> Tuple[nn.Module, Tensor]:
+    """:func:`in_model_layout`, and the example first input ``(N, C, H, W)`` in that layout."""
+    wrapped = in_model_layout(module, info)
+    return wrapped, (first.permute(0, 2, 3, 1).contiguous() if wrapped is not module else first)
 
 
 def check_destination(path: str | os.PathLike) -> None:

@@ -33,8 +33,8 @@ from export.parts import (
     check_destination,
     export_parts,
     head_caller,
+    in_model_layout,
     method_module,
-    model_layout_input,
 )
 
 METADATA_FILE = "deploycam.json"
@@ -50,8 +50,7 @@ def build_scriptable(explainer: Explainer, example_input: Tensor, part: str = "f
     module: nn.Module = ExplanationGraph(backbone, step, method_module(parts.method), parts.method.needs_gradient,
                               upsample=part == "full")
     object.__setattr__(module, "training", False)  # the wrapper only; shared submodules keep their flags
-    module, _ = model_layout_input(module, parts.info, parts.activations)
-    return module, parts.info
+    return in_model_layout(module, parts.info), parts.info
 
 
 def script_module(module: nn.Module) -> torch.jit.ScriptModule:

@@ -10,19 +10,16 @@ K targets per image share the same forwards.
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from explainer.errors import MethodError
-from explainer.methods.base import CamMethod, Probe, perturbation_only
+from explainer.methods.base import CamMethod, Probe, forward_bar, perturbation_only
 
 
 def ablation_scores(activations: Tensor, probe: Probe) -> Tensor:
     """Target scores with each channel zeroed: ``(N, K, C)``."""
     n_images, channels = activations.shape[:2]
     out = activations.new_empty(n_images, probe.num_targets, channels)
-    steps = n_images * -(-channels // probe.batch_size)
-    with torch.no_grad(), tqdm(total=steps, desc="ablationcam", unit="fwd", leave=False,
-                               disable=None if probe.progress and steps > 16 else True) as bar:
+    with torch.no_grad(), forward_bar(probe, "ablationcam", n_images, channels) as bar:
         for n in range(n_images):
             for start in range(0, channels, probe.batch_size):
                 index = torch.arange(start, min(start + probe.batch_size, channels), device=activations.device)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 CamFunction = Callable[[Tensor, Tensor], Tensor]
 
@@ -83,6 +84,14 @@ class Probe:
     def scores_of_image(self, output: Tensor, n: int) -> Tensor:
         """``(B, K)`` scores of ``output`` rows that are all copies of image ``n``."""
         return self.score(output, torch.full((output.shape[0],), n, dtype=torch.long))
+
+
+def forward_bar(probe: Probe, name: str, n_images: int, items: int) -> tqdm:
+    """The progress bar over a perturbation method's forwards: ``n_images * ceil(items / batch_size)``
+    steps (``items``: channels or positions per image), shown when ``probe.progress`` is on and the
+    loop has more than 16 steps."""
+    steps = n_images * -(-items // probe.batch_size)
+    return tqdm(total=steps, desc=name, unit="fwd", leave=False, disable=None if probe.progress and steps > 16 else True)
 
 
 #: ``(activations (N, C, h, w), probe) -> channel weights (N, K, C)`` (or maps ``(N, K, h, w)``

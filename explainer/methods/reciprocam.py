@@ -11,9 +11,8 @@ batched ``batch_size`` at a time; K targets per image share them.
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
-from explainer.methods.base import CamMethod, Probe, perturbation_only
+from explainer.methods.base import CamMethod, Probe, forward_bar, perturbation_only
 
 #: The 3x3 kernel of the paper's Gaussian variant.
 KERNEL = ((1 / 16, 1 / 8, 1 / 16), (1 / 8, 1 / 4, 1 / 8), (1 / 16, 1 / 8, 1 / 16))
@@ -32,9 +31,7 @@ def reciprocam_maps(activations: Tensor, probe: Probe) -> Tensor:
     masks = position_masks(height, width, activations)
     positions = height * width
     out = activations.new_empty(n_images, probe.num_targets, positions)
-    steps = n_images * -(-positions // probe.batch_size)
-    with torch.no_grad(), tqdm(total=steps, desc="reciprocam", unit="fwd", leave=False,
-                               disable=None if probe.progress and steps > 16 else True) as bar:
+    with torch.no_grad(), forward_bar(probe, "reciprocam", n_images, positions) as bar:
         for n in range(n_images):
             for start in range(0, positions, probe.batch_size):
                 chosen = masks[start:start + probe.batch_size]

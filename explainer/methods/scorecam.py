@@ -15,9 +15,8 @@ A constant channel gives an all-zero mask.
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm import tqdm
 
-from explainer.methods.base import CamMethod, Probe, perturbation_only
+from explainer.methods.base import CamMethod, Probe, forward_bar, perturbation_only
 
 
 def channel_masks(activations: Tensor, height: int, width: int) -> Tensor:
@@ -35,9 +34,7 @@ def scorecam_weights(activations: Tensor, probe: Probe) -> Tensor:
     n_images, channels = activations.shape[:2]
     keep = channels if probe.max_channels is None else min(probe.max_channels, channels)
     weights = activations.new_zeros(n_images, probe.num_targets, channels)
-    steps = n_images * -(-keep // probe.batch_size)
-    with torch.no_grad(), tqdm(total=steps, desc="scorecam", unit="fwd", leave=False,
-                               disable=None if probe.progress and steps > 16 else True) as bar:
+    with torch.no_grad(), forward_bar(probe, "scorecam", n_images, keep) as bar:
         masks = channel_masks(activations, images.shape[-2], images.shape[-1])
         for n in range(n_images):
             chosen = activations[n].mean(dim=(-2, -1)).topk(keep).indices if keep < channels else \

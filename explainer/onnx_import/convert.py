@@ -87,11 +87,10 @@ class OnnxModule(nn.Module):
 
 @dataclass(frozen=True)
 class Converted:
-    """:class:`OnnxModule` plus what the split needs: onnx2torch's module types (leaves of the
-    trace) and each node's submodule path in the OnnxModule, by the node's index in the graph."""
+    """:class:`OnnxModule` plus what the split needs: each node's submodule path in the OnnxModule,
+    by the node's index in the graph."""
 
     module: OnnxModule
-    leaf_types: tuple[type, ...]
     node_paths: dict[int, str]
 
 
@@ -100,7 +99,6 @@ def to_torch(model: onnx.ModelProto, layout: str) -> Converted:
     try:
         import onnx2torch
         from onnx2torch.onnx_graph import OnnxGraph
-        from onnx2torch.utils.common import OnnxToTorchModule
     except ImportError as exc:
         raise OnnxModelError("explaining ONNX files with gradient methods needs onnx2torch: "
                              "pip install 'deploycam[onnx]'") from exc
@@ -119,8 +117,7 @@ def to_torch(model: onnx.ModelProto, layout: str) -> Converted:
     graph.eval()
     make_static(graph)
     names = list(OnnxGraph(model.graph).nodes)  # onnx2torch's module names, in node order
-    leaves = tuple(sorted({type(m) for m in graph.modules() if isinstance(m, OnnxToTorchModule)}, key=str))
-    return Converted(OnnxModule(graph, layout).eval(), leaves, {i: f"onnx.{n}" for i, n in enumerate(names)})
+    return Converted(OnnxModule(graph, layout).eval(), {i: f"onnx.{n}" for i, n in enumerate(names)})
 
 
 def unsupported_ops(model: onnx.ModelProto) -> list[str]:

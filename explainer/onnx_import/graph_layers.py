@@ -12,7 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from explainer.errors import LayerNotFoundError, LayerShapeError, close_matches
-from explainer.onnx_import.normalise import tensor_shapes
+from explainer.onnx_import.normalise import tensor_info, tensor_shapes
 
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 
@@ -52,8 +52,7 @@ class GraphTensor:
 
 def spatial_tensors(model: onnx.ModelProto) -> list[GraphTensor]:
     """Every 4-D floating tensor written by a node, in graph order, with h and w > 1 where known."""
-    shapes = tensor_shapes(model)
-    types = _elem_types(model)
+    shapes, types = tensor_info(model)
     pooled_nhwc = {t for t, axes in _spatial_means(model) if axes == {1, 2}}
     found = []
     for index, node in enumerate(model.graph.node):
@@ -112,15 +111,6 @@ def resolve(model: onnx.ModelProto, name: str, tensors: list[GraphTensor] | None
         f"no tensor or node called {name!r} in the ONNX graph{hint}; list the 4-D tensors with "
         "`deploycam layers --onnx FILE` or explainer.onnx_import.spatial_tensors"
     )
-
-
-def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-    except Exception:  # noqa: BLE001 - best effort
-        inferred = model
-    g = inferred.graph
-    return {v.name: v.type.tensor_type.elem_type for v in list(g.input) + list(g.value_info) + list(g.output)}
 
 
 def _spatial_means(model: onnx.ModelProto) -> list[tuple[str, set[int]]]:

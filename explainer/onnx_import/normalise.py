@@ -26,7 +26,7 @@ def normalise(model: onnx.ModelProto, dynamic_batch: bool = True) -> onnx.ModelP
     model = copy.deepcopy(model)
     graph = model.graph
     _inline_constant_identities(graph)
-    inferred = _shapes(model)
+    inferred = tensor_shapes(model)
     constants = _constants(graph)
     static_batch = _static_batch(graph)
     for node in graph.node:
@@ -100,22 +100,25 @@ def _static_batch(graph: onnx.GraphProto) -> int | None:
     return int(dims[0].dim_value) if len(dims) and dims[0].HasField("dim_value") else None
 
 
-def _shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
-    """Every tensor's shape as far as ONNX shape inference knows it (ints, symbols, or None)."""
+def tensor_info(model: onnx.ModelProto) -> tuple[dict[str, list[int | str | None]], dict[str, int]]:
+    """One pass of ONNX shape inference (best effort): every tensor's shape (ints, symbols, or None per
+    axis) and element type (``onnx.TensorProto`` enum), by name."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:  # noqa: BLE001 - shape inference is best effort here
         inferred = model
     shapes: dict[str, list[int | str | None]] = {}
+    types: dict[str, int] = {}
     graph = inferred.graph
     for value in list(graph.input) + list(graph.value_info) + list(graph.output):
         t = value.type.tensor_type
+        types[value.name] = t.elem_type
         if t.HasField("shape"):
             shapes[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                                   for d in t.shape.dim]
-    return shapes
+    return shapes, types
 
 
 def tensor_shapes(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
-    """Shapes of every tensor of ``model`` by name, from ONNX shape inference (see :func:`_shapes`)."""
-    return _shapes(model)
+    """Shapes of every tensor of ``model`` by name, from ONNX shape inference (see :func:`tensor_info`)."""
+    return tensor_info(model)[0]
