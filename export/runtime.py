@@ -196,6 +196,42 @@ class TorchScriptExplainer(GraphRuntime):
         return logits.detach(), cam.detach()
 
 
+class AotiExplainer(GraphRuntime):
+    """An AOTInductor package (``.pt2``) run by ``torch._inductor.aoti_load_package``."""
+
+    fixed_size = True
+
+    def __init__(self, path: str, device: str = "cpu") -> None:
+        from export.aoti import METADATA_KEY as AOTI_KEY
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.runner = torch._inductor.aoti_load_package(path)
+            metadata = self.runner.get_metadata()
+        except Exception as exc:  # noqa: BLE001 - the loader raises RuntimeError with C++ text
+            raise ExportError(f"{path} is not an AOTInductor package aoti_load_package can run: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}") from exc
+        if AOTI_KEY not in metadata:
+            raise ExportError(f"{path} is an AOTInductor package but not one exported by deploycam (no {AOTI_KEY} "
+                              "metadata)")
+        self.info = GraphInfo.from_json(metadata[AOTI_KEY])
+        compiled_for = metadata.get("AOTI_DEVICE_KEY", "cpu")
+        self.device = torch.device(device)
+        if self.device.type != compiled_for:
+            raise ExportError(f"{path} was compiled for {compiled_for}; it cannot run on {device} (compile it again "
+                              f"with an example on {device})")
+        self.backend = f"aoti/{self.device}"
+
+    def _run(self, x: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:
+        x = x.to(self.device).contiguous()
+        if target is None:
+            target = torch.full((x.shape[0],), -1, dtype=torch.long, device=self.device)
+        with running():
+            logits, cam = self.runner(x, target.to(self.device))
+        return logits, cam
+
+
 def _archive_metadata(path: str) -> str:
     """``deploycam.json`` of a TorchScript archive, read from the zip without loading the module ("" if none)."""
     with zipfile.ZipFile(path) as archive:
@@ -210,7 +246,8 @@ def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str |
     """Open an exported explanation.
 
     Args:
-        path: a ``.onnx`` file (ONNX Runtime) or a TorchScript file (``.pt``/``.ts``/``.pth``).
+        path: a ``.onnx`` file (ONNX Runtime), a TorchScript file (``.pt``/``.ts``/``.pth``), or an
+            AOTInductor package (``.pt2``, from :func:`export.to_aoti`).
         device: ``"cpu"`` or ``"cuda"``; for ONNX this picks CUDAExecutionProvider when
             onnxruntime-gpu is installed, and falls back to the CPU with a warning otherwise.
         providers: explicit ONNX Runtime providers, in order of preference: names or
@@ -226,6 +263,8 @@ def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str |
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no exported graph at {path}")
+    if path.endswith(".pt2"):
+        return AotiExplainer(path, device)
     if zipfile.is_zipfile(path):
         if is_detector_graph(_archive_metadata(path)):
             raise ExportError(f"{path} is a detector explanation: open it with export.load_detector(path)")

@@ -181,13 +181,21 @@ def test_cli_export_and_explain_with_runtime(tmp_path, photos, capsys):
     assert main(["export", "--out", str(tmp_path / "x.bin")]) == 2
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="needs a C++ compiler")
-def test_cpp_caller_matches_python(tmp_path):
-    exe = tmp_path / "deploycam_cam"
+@pytest.fixture(scope="module")
+def cpp_callers(tmp_path_factory):
+    """Both C++ callers built by examples/cpp/build.sh: (TorchScript exe, AOTInductor exe)."""
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        pytest.skip("needs a C++ compiler")
+    exe = tmp_path_factory.mktemp("cpp") / "deploycam_cam"
     build = subprocess.run(["bash", os.path.join(ROOT, "examples", "cpp", "build.sh"), str(exe)],
                            capture_output=True, text=True, timeout=900, env={**os.environ, "PYTHON": sys.executable})
     assert build.returncode == 0, build.stderr[-3000:]
+    return exe, exe.parent / "deploycam_aoti"
+
+
+@pytest.mark.slow
+def test_cpp_caller_matches_python(tmp_path, cpp_callers):
+    exe = cpp_callers[0]
     explainer = Explainer(calibrated_model("efficientnet-lite0"), "_conv_head", "gradcam++")
     x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(2))
     export.to_torchscript(explainer, tmp_path / "m.pt", x)
@@ -206,6 +214,28 @@ def test_cpp_caller_matches_python(tmp_path):
         assert f"image 0: class {explained}" in run.stdout  # the class the map explains
         assert "grad mode after a failed call: on" in run.stdout
         assert (tmp_path / f"{prefix}_1.pgm").read_bytes().startswith(b"P5\n224 224\n255\n")
+
+
+@pytest.mark.slow
+def test_aoti_cpp_caller_matches_python(tmp_path, cpp_callers):
+    """examples/cpp/aoti_main.cpp runs an AOTInductor package with AOTIModelPackageLoader (under InferenceMode)."""
+    exe = cpp_callers[1]
+    explainer = Explainer(calibrated_model("resnet18"), "layer3", "layercam")
+    x = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(4))
+    export.to_aoti(explainer, tmp_path / "m.pt2", x)
+    x.numpy().astype("<f4").tofile(tmp_path / "in.f32")
+    for target, prefix in ((None, "a"), (281, "b")):
+        cmd = [str(exe), str(tmp_path / "m.pt2"), str(tmp_path / "in.f32"), "2", "3", "96", "96", str(tmp_path / prefix)]
+        run = subprocess.run(cmd + ([str(target)] if target is not None else []), capture_output=True, text=True,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr
+        eager = explainer(x, target)
+        cam = np.fromfile(tmp_path / f"{prefix}.cam.f32", dtype="<f4").reshape(2, 96, 96)
+        logits = np.fromfile(tmp_path / f"{prefix}.logits.f32", dtype="<f4").reshape(2, 1000)
+        assert np.abs(cam - eager.cams.numpy()).max() <= 1e-4
+        assert np.abs(logits - eager.logits.numpy()).max() <= 1e-4 * np.abs(eager.logits.numpy()).max()
+        explained = target if target is not None else int(eager.logits[0].argmax())
+        assert f"image 0: class {explained}" in run.stdout and '"layer": "layer3"' in run.stdout
 
 
 

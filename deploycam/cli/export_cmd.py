@@ -10,22 +10,24 @@ import time
 from deploycam.cli.args import add_model_args, add_onnx_args, check_onnx_file, check_output_file, check_positive
 from explainer.errors import DeployCamError, InputError
 
-SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pth": "torchscript"}
+SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".ts": "torchscript", ".pth": "torchscript", ".pt2": "aoti"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export the explanation (gradient inside) to ONNX or TorchScript")
+    p = sub.add_parser("export", help="export the explanation (gradient inside) to ONNX, TorchScript or an "
+                                      "AOTInductor package")
     add_model_args(p)
-    p.add_argument("--format", choices=("onnx", "torchscript"), default=None,
-                   help="graph format (default: from --out's suffix, .onnx or .pt)")
+    p.add_argument("--format", choices=("onnx", "torchscript", "aoti"), default=None,
+                   help="graph format (default: from --out's suffix: .onnx, .pt, or .pt2 for an AOTInductor "
+                        "package, compiled ahead of time for C++: about a minute)")
     p.add_argument("--part", choices=("full", "head"), default="full",
                    help="full: image -> logits, cam; head: layer activations -> logits, cam")
-    p.add_argument("--out", required=True, help="output file (.onnx or .pt)")
+    p.add_argument("--out", required=True, help="output file (.onnx, .pt or .pt2)")
     p.add_argument("--size", type=int, default=None,
                    help="input image size the graph is made for (default 224, or the --onnx file's fixed size)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset, 18 to 23 (default: the exporter's)")
     p.add_argument("--static-batch", type=int, default=None, metavar="N",
-                   help="fix the batch size to N (ONNX; default dynamic)")
+                   help="fix the batch size to N (ONNX, AOTInductor; default dynamic)")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with eager PyTorch")
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="detectors (--model fasterrcnn_*, retinanet_*, fcos_*, ssd*; TorchScript only): the "
@@ -44,12 +46,16 @@ def run(args: argparse.Namespace) -> int:
     or a file that does not match."""
     fmt = args.format or SUFFIXES.get(os.path.splitext(args.out)[1].lower())
     if fmt is None:
-        raise InputError(f"cannot tell the format from {args.out!r}: pass --format onnx|torchscript")
+        raise InputError(f"cannot tell the format from {args.out!r}: pass --format onnx|torchscript|aoti")
     check_positive("--size", args.size)
     check_positive("--static-batch", args.static_batch)
     check_onnx_file(args)
     if fmt == "torchscript" and (args.opset is not None or args.static_batch is not None):
         raise InputError("--opset and --static-batch are ONNX options; TorchScript graphs take any batch")
+    if fmt == "aoti" and args.opset is not None:
+        raise InputError("--opset is an ONNX option")
+    if fmt == "aoti" and not args.out.endswith(".pt2"):
+        raise InputError(f"an AOTInductor package must end in .pt2 (aoti_load_package requires it), got {args.out!r}")
     if args.opset is not None and not 18 <= args.opset <= 23:
         raise InputError(f"--opset must be between 18 and 23, got {args.opset}")
     check_output_file(args.out)
@@ -64,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from deploycam.cli.common import model_from_args, onnx_explainer_from_args
     from explainer.core import Explainer
     from explainer.methods import get_method
-    from export import compare, load, to_onnx, to_torchscript
+    from export import compare, load, to_aoti, to_onnx, to_torchscript
 
     method = get_method(args.method)
     if args.onnx:
@@ -82,10 +88,13 @@ def run(args: argparse.Namespace) -> int:
 
     example = images(args.static_batch or 2)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    _step(f"tracing and writing the {fmt} graph of {method.name} at {explainer.layer} (10-60 s)")
+    _step(f"tracing and writing the {fmt} graph of {method.name} at {explainer.layer} "
+          f"({'about a minute: C++ compile' if fmt == 'aoti' else '10-60 s'})")
     if fmt == "onnx":
         info = to_onnx(explainer, args.out, example, part=args.part, opset=args.opset,
                        dynamic_batch=args.static_batch is None)
+    elif fmt == "aoti":
+        info = to_aoti(explainer, args.out, example, part=args.part, dynamic_batch=args.static_batch is None)
     else:
         info = to_torchscript(explainer, args.out, example, part=args.part)
     size_mb = os.path.getsize(args.out) / 2**20
