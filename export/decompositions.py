@@ -5,7 +5,9 @@ pooling backward) that no ONNX exporter translates. For the gradient with
 respect to the *input* only (all the explanation needs) each is a forward op:
 
 * ``convolution_backward`` -> a transposed convolution with the same weight
-  (depthwise and grouped too), ``output_padding`` chosen to restore the input size;
+  (depthwise and grouped too), ``output_padding`` chosen to restore the input size; for 1x1
+  kernels at stride 1 a plain 1x1 convolution with in/out channels swapped (engines compute that
+  reliably, see :func:`_conv_input_grad`);
 * ``_adaptive_avg_pool2d`` and its backward -> a mean / an expand divided by ``h*w`` (global
   pooling), or products with the constant pooling matrices (any other ratio; the core
   decomposition would fix the batch size);
@@ -26,6 +28,17 @@ def _conv_input_grad(grad_output, input, weight, bias_sizes, stride, padding, di
                      output_padding, groups, output_mask):
     if transposed or output_mask[1] or output_mask[2]:
         return NotImplemented  # only the input gradient of a plain convolution is needed
+    if all(k == 1 for k in weight.shape[2:]) and all(s == 1 for s in stride) and not any(padding):
+        # A 1x1 convolution's input gradient is a 1x1 convolution with in/out channels swapped: emit
+        # that (Conv), not a transposed one. OpenVINO 2026.4's CPU plugin computes a 1x1 ConvTranspose
+        # followed by Expand (a 1x1 conv after global pooling: MobileNetV3's head) wrongly.
+        out_channels, in_per_group = weight.shape[0], weight.shape[1]
+        swapped = weight.reshape(groups, out_channels // groups, in_per_group, *weight.shape[2:]).transpose(1, 2)
+        swapped = swapped.reshape(groups * in_per_group, out_channels // groups, *weight.shape[2:])
+        ones = [1] * (input.dim() - 2)
+        grad_input = aten.convolution(grad_output, swapped, None, ones, [0] * len(ones), ones, False,
+                                      [0] * len(ones), groups)
+        return grad_input, None, None
     pads = []
     for i in range(input.dim() - 2):
         covered = (grad_output.shape[2 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1) + 1

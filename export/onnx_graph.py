@@ -37,6 +37,7 @@ from explainer.gradients import one_hot_target
 from explainer.head_structure import find_linear_head, is_adaptive_global_pool
 from explainer.tracing_lock import tracing
 from export.decompositions import gradient_decompositions
+from export.engine_patterns import engine_safe
 from export.graph import AnalyticStep, ExplanationGraph, TracedStep, forward_step
 from export.parts import (
     AsTuple,
@@ -223,7 +224,7 @@ def to_onnx(explainer: Explainer, path: str | os.PathLike, example_input: Tensor
             raise ExportError(f"torch.onnx.export failed for {info.method!r} at {info.layer!r}: {reason}") from exc
     if program is None:  # pragma: no cover - the dynamo exporter always returns a program
         raise ExportError("torch.onnx.export returned no program")
-    model = program.model_proto
+    model = engine_safe(program.model_proto)
     _check_batch_axis(model, dynamic_batch, int(args[0].shape[0]))
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, info.to_json()
@@ -255,4 +256,6 @@ def model_to_onnx(model: nn.Module, path: str | os.PathLike, example_input: Tens
                                     output_names=["logits"], dynamic_shapes=dynamic, external_data=False)
     if program is None:  # pragma: no cover - the dynamo exporter always returns a program
         raise ExportError("torch.onnx.export returned no program")
-    program.save(os.fspath(path))
+    import onnx
+
+    onnx.save_model(engine_safe(program.model_proto), os.fspath(path))

@@ -241,8 +241,13 @@ def _archive_metadata(path: str) -> str:
     return ""
 
 
+#: what export.load runs an ONNX file with
+ONNX_RUNTIMES = ("onnxruntime", "openvino", "opencv")
+
+
 def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str | tuple[str, dict]] | None = None,
-         strict: bool = False, threads: int | None = None, spin: bool = True) -> GraphRuntime:
+         strict: bool = False, threads: int | None = None, spin: bool = True, runtime: str = "onnxruntime",
+         verify: bool = True) -> GraphRuntime:
     """Open an exported explanation.
 
     Args:
@@ -256,13 +261,28 @@ def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str |
         threads: ONNX Runtime intra-op threads (None: its default).
         spin: let ONNX Runtime's idle threads spin (its default); False when timing it against PyTorch
             in one process, where spinning threads slow the other library down.
+        runtime: for ``.onnx`` files: ``"onnxruntime"``, ``"openvino"`` (``device`` ``"cpu"``, ``"gpu"``
+            or any OpenVINO device name; float32 precision) or ``"opencv"`` (OpenCV 5's DNN engine,
+            CPU); see :mod:`export.engines`.
+        verify: OpenVINO / OpenCV: check the engine against ONNX Runtime on a random batch when opening
+            the file, and raise :class:`ExportError` if it computes the graph wrongly.
 
     Raises FileNotFoundError for a missing file and :class:`ExportError` for a file
     that is not an exported explanation.
     """
     path = os.fspath(path)
+    if runtime not in ONNX_RUNTIMES:
+        raise ExportError(f"runtime must be one of {', '.join(ONNX_RUNTIMES)}, got {runtime!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no exported graph at {path}")
+    is_onnx = path.endswith(".onnx") or not (path.endswith((".pt", ".ts", ".pth", ".pt2")) or zipfile.is_zipfile(path))
+    if runtime != "onnxruntime":
+        if not is_onnx:
+            raise ExportError(f"runtime={runtime!r} runs .onnx files; {path} is not one")
+        from export.engines import OpenCvExplainer, OpenVinoExplainer
+
+        engine = OpenVinoExplainer if runtime == "openvino" else OpenCvExplainer
+        return engine(path, device, verify)
     if path.endswith(".pt2"):
         return AotiExplainer(path, device)
     if zipfile.is_zipfile(path):

@@ -45,8 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eigen-smooth", action="store_true",
                    help="first principal component of the channel contributions instead of their sum (eager only)")
     p.add_argument("--runtime", default=None, metavar="FILE",
-                   help="explain with an exported graph (.onnx via ONNX Runtime, .pt via TorchScript; part full) "
+                   help="explain with an exported graph (.onnx via ONNX Runtime or --engine, .pt via TorchScript, "
+                        ".pt2 via AOTInductor; part full) "
                         "instead of eager PyTorch; --model/--layer/--method are then ignored")
+    p.add_argument("--engine", choices=("onnxruntime", "openvino", "opencv"), default="onnxruntime",
+                   help="what runs a --runtime .onnx file: ONNX Runtime (default), OpenVINO (float32) or OpenCV 5's "
+                        "DNN engine; each checks itself against ONNX Runtime when it opens the file")
     p.add_argument("--score-threshold", type=float, default=0.5,
                    help="detectors (--model fasterrcnn_*, retinanet_*, fcos_*, ssd*): explain detections scoring "
                         "at least this (default 0.5); --topk boxes per image")
@@ -67,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     check_positive("--size", args.size)
     check_onnx_file(args)
     preprocessing_kwargs(args)  # bad --std/--scale fail here, before any work
+    if args.engine != "onnxruntime" and not (args.runtime or "").endswith(".onnx"):
+        raise InputError(f"--engine {args.engine} runs exported .onnx files: give --runtime FILE.onnx")
     if args.runtime and args.onnx:
         raise InputError("give either --runtime (an exported explanation) or --onnx (a model to explain), not both")
     if args.runtime and (args.aug_smooth or args.eigen_smooth):
@@ -96,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     if args.runtime:
         from export import load
 
-        runtime = load(args.runtime, device=device)
+        runtime = load(args.runtime, device=device, runtime=args.engine)
         if runtime.info.part != "full":
             raise InputError(f"{args.runtime} is a part={runtime.info.part!r} graph; explaining images needs part='full'")
         method, explain = runtime.info.method, runtime
