@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from deploycam.bench.cases import EAGER_METHODS, MODELS, PEERS, Case, all_cases
+from deploycam.bench.cases import EAGER_METHODS, EXPORTED_RUNTIMES, MODELS, PEERS, Case, all_cases
 from deploycam.bench.report import table, write_json, write_png
 from deploycam.bench.runner import Result, _relate
 from deploycam.cli import main
@@ -15,11 +15,13 @@ from deploycam.cli import main
 
 def test_matrix_has_floors_for_every_case():
     cases = all_cases()
-    per_group = 1 + len(EAGER_METHODS) + 4 + sum(len(m) for m in PEERS.values())
+    per_group = 1 + len(EAGER_METHODS) + 2 * len(EXPORTED_RUNTIMES) + sum(len(m) for m in PEERS.values())
     assert len(cases) == len(MODELS) * 2 * per_group
     assert all(c.floor in cases for c in cases)
     assert Case("resnet50", 1, "cpu", "captum", "gradcam").floor == Case("resnet50", 1, "cpu", "eager", "plain")
     assert Case("resnet50", 1, "cpu", "onnxruntime", "gradcam").floor.runtime == "onnxruntime"
+    assert Case("resnet50", 1, "cpu", "openvino", "gradcam").floor.runtime == "openvino"
+    assert {c.runtime for c in all_cases(runtimes=["aoti"])} == {"eager", "aoti", *PEERS}
 
 
 def fake_results():
@@ -58,10 +60,10 @@ def test_report_files(tmp_path):
 @pytest.mark.slow
 def test_bench_cli_runs_one_model_end_to_end(tmp_path, capsys):
     code = main(["bench", "--models", "efficientnet-lite0", "--batches", "1", "--rounds", "1", "--no-peers",
-                 "--out", str(tmp_path)])
+                 "--runtimes", "onnxruntime", "openvino", "opencv", "--out", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
-    assert "efficientnet-lite0/b1/cpu/onnxruntime/gradcam" in out
+    assert "efficientnet-lite0/b1/cpu/onnxruntime/gradcam" in out and "/opencv/gradcam" in out
     data = json.loads((tmp_path / "bench.json").read_text())
     eager = next(r for r in data["results"] if r["name"] == "efficientnet-lite0/b1/cpu/eager/gradcam")
     assert eager["ratio"] > 0 and eager["memory"]["delta_mb"] >= 0
@@ -73,3 +75,6 @@ def test_cli_model_list_matches_the_bench_cases():
     from deploycam.cli.bench_cmd import BENCH_MODELS
 
     assert tuple(MODELS) == BENCH_MODELS
+    from deploycam.cli.bench_cmd import EXPORTED_RUNTIMES as CLI_RUNTIMES
+
+    assert CLI_RUNTIMES == EXPORTED_RUNTIMES

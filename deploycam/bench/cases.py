@@ -30,7 +30,9 @@ PEERS = {
     "captum": ("gradcam",),
 }
 #: runtimes that are deploycam itself, each compared with its own plain inference (peers: with eager).
-OWN_RUNTIMES = ("eager", "torchscript", "onnxruntime")
+OWN_RUNTIMES = ("eager", "torchscript", "onnxruntime", "aoti", "openvino", "opencv")
+#: the exported runtimes (plain and Grad-CAM cases each); AOTInductor compiles for about a minute per file
+EXPORTED_RUNTIMES = ("torchscript", "onnxruntime", "aoti", "openvino", "opencv")
 IMAGE_SIZE = 224
 
 
@@ -63,15 +65,16 @@ class Case:
 
 
 def all_cases(models: Iterable[str] = MODELS, batches: Iterable[int] = (1, 8), devices: Iterable[str] = ("cpu",),
-              peers: bool = True) -> list[Case]:
-    """Every case of the matrix, floors first within each (model, batch, device)."""
+              peers: bool = True, runtimes: Iterable[str] = EXPORTED_RUNTIMES) -> list[Case]:
+    """Every case of the matrix, floors first within each (model, batch, device); ``runtimes``: the
+    exported runtimes to include (eager always is)."""
     out = []
+    runtimes = [rt for rt in EXPORTED_RUNTIMES if rt in set(runtimes)]
     for model in models:
         for batch in batches:
             for device in devices:
                 out += [Case(model, batch, device, "eager", m) for m in ("plain", *EAGER_METHODS)]
-                out += [Case(model, batch, device, rt, m) for rt in ("torchscript", "onnxruntime")
-                        for m in ("plain", "gradcam")]
+                out += [Case(model, batch, device, rt, m) for rt in runtimes for m in ("plain", "gradcam")]
                 if peers:
                     out += [Case(model, batch, device, peer, m) for peer, methods in PEERS.items() for m in methods]
     return out
@@ -168,12 +171,22 @@ class Workbench:
             import onnxruntime as ort
         except ImportError as exc:
             raise Unavailable("onnxruntime is not installed") from exc
-        from export import model_to_onnx, to_onnx
         from export.runtime import session_options
 
         provider = "CUDAExecutionProvider" if case.device.startswith("cuda") else "CPUExecutionProvider"
         if provider not in ort.get_available_providers():
             raise Unavailable(f"ONNX Runtime lacks {provider} (install onnxruntime-gpu)")
+        path = self._onnx_file(case, model, layer)
+        session = ort.InferenceSession(path, session_options(torch.get_num_threads(), spin=False), providers=[provider])
+        feed = {"input": x.cpu().numpy()}
+        if case.method != "plain":
+            feed["target"] = targets.cpu().numpy()
+        return lambda: session.run(None, feed)
+
+    def _onnx_file(self, case, model, layer) -> str:
+        """The case's ONNX file (plain model or explanation), exported once per workdir."""
+        from export import model_to_onnx, to_onnx
+
         example = torch.randn(2, 3, IMAGE_SIZE, IMAGE_SIZE)
         cpu_model = model if case.device == "cpu" else copy.deepcopy(model).cpu()
         path = self._path(case, f"{case.method}.onnx")
@@ -182,11 +195,54 @@ class Workbench:
                 model_to_onnx(cpu_model, path, example)
             else:
                 to_onnx(Explainer(cpu_model, layer, case.method), path, example)
-        session = ort.InferenceSession(path, session_options(torch.get_num_threads(), spin=False), providers=[provider])
-        feed = {"input": x.cpu().numpy()}
-        if case.method != "plain":
-            feed["target"] = targets.cpu().numpy()
-        return lambda: session.run(None, feed)
+        return path
+
+    def _aoti(self, case, model, layer, x, targets):
+        from torch.export import Dim
+
+        path = self._path(case, f"{case.method}.pt2")
+        example = x[:2] if x.shape[0] > 1 else torch.cat([x, x])
+        if not os.path.exists(path):
+            if case.method == "plain":
+                program = torch.export.export(model, (example,), dynamic_shapes=({0: Dim("batch", min=1)},))
+                torch._inductor.aoti_compile_and_package(program, package_path=path)
+            else:
+                from export import to_aoti
+
+                to_aoti(Explainer(model, layer, case.method), path, example)
+        runner = torch._inductor.aoti_load_package(path)
+        if case.method == "plain":
+            return lambda: runner(x)
+        return lambda: runner(x, targets)
+
+    def _openvino(self, case, model, layer, x, targets):
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            raise Unavailable("openvino is not installed (pip install 'deploycam[openvino]')") from exc
+        if case.device != "cpu":
+            raise Unavailable("OpenVINO cases run on the CPU here")
+        compiled = ov.Core().compile_model(self._onnx_file(case, model, layer), "CPU",
+                                           {"INFERENCE_PRECISION_HINT": "f32",
+                                            "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+        request = compiled.create_infer_request()
+        feed = {"input": x.numpy()} | ({} if case.method == "plain" else {"target": targets.numpy()})
+        return lambda: request.infer(feed)
+
+    def _opencv(self, case, model, layer, x, targets):
+        import cv2
+
+        if int(cv2.__version__.split(".")[0]) < 5 or case.device != "cpu":
+            raise Unavailable("OpenCV cases need OpenCV 5's DNN engine, on the CPU")
+        net = cv2.dnn.readNetFromONNX(self._onnx_file(case, model, layer), cv2.dnn.ENGINE_NEW)
+        outputs = ["logits"] if case.method == "plain" else ["logits", "cam"]
+
+        def run():
+            net.setInput(x.numpy(), "input")
+            if case.method != "plain":
+                net.setInput(targets.numpy(), "target")
+            return net.forward(outputs)
+        return run
 
     def _peer_model(self, case, model):
         """Peers register hooks: give them their own copy so eager cases stay hook-free."""

@@ -60,7 +60,8 @@ def write_png(path: str, results: Sequence[Result], env: dict) -> None:
         return
     fig, axes = plt.subplots(len(groups), 1, figsize=(9, 0.32 * sum(len(v) for v in groups.values()) + 1.2 * len(groups)),
                              squeeze=False)
-    colours = {"eager": "tab:blue", "torchscript": "tab:green", "onnxruntime": "tab:purple"}
+    colours = {"eager": "tab:blue", "torchscript": "tab:green", "onnxruntime": "tab:purple", "aoti": "tab:olive",
+               "openvino": "tab:cyan", "opencv": "tab:brown"}
     for ax, ((model, batch, device), rows) in zip(axes[:, 0], groups.items()):
         labels = [f"{r.case.runtime} {r.case.method}" for r in rows]
         values = [r.median_ms for r in rows]
