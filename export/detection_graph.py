@@ -210,8 +210,8 @@ class RcnnGraph(DetectionGraph):
         return self.transform.postprocess(detections, image_sizes, original_sizes)
 
 
-class DenseGraph(DetectionGraph):
-    """RetinaNet and FCOS: head, anchors, per-level split, box decoding (``RetinaNet.forward``)."""
+class SsdGraph(DetectionGraph):
+    """SSD and SSDlite: head, anchors, box decoding (``SSD.forward``); the base of :class:`DenseGraph`."""
 
     def __init__(self, model: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(model, *args, **kwargs)
@@ -222,6 +222,19 @@ class DenseGraph(DetectionGraph):
         images = _image_list(canvas, image_sizes)
         head_outputs = self.detector.head(features)
         anchors = self.detector.anchor_generator(images, features)
+        detections = self.decode(head_outputs, anchors, features, image_sizes)
+        return self.transform.postprocess(detections, image_sizes, original_sizes)
+
+    def decode(self, head_outputs: dict[str, Tensor], anchors: list[Tensor], features: list[Tensor],
+               image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
+        return self.detector.postprocess_detections(head_outputs, anchors, image_sizes)
+
+
+class DenseGraph(SsdGraph):
+    """RetinaNet and FCOS: as SSD, the head's outputs and anchors split per level first (``RetinaNet.forward``)."""
+
+    def decode(self, head_outputs: dict[str, Tensor], anchors: list[Tensor], features: list[Tensor],
+               image_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
         per_level = [x.size(2) * x.size(3) for x in features]
         total = 0
         for v in per_level:
@@ -232,24 +245,7 @@ class DenseGraph(DetectionGraph):
         for key in head_outputs:
             split_outputs[key] = list(head_outputs[key].split(per_level, dim=1))
         split_anchors = [list(anchor.split(per_level)) for anchor in anchors]
-        detections = self.detector.postprocess_detections(split_outputs, split_anchors, image_sizes)
-        return self.transform.postprocess(detections, image_sizes, original_sizes)
-
-
-class SsdGraph(DetectionGraph):
-    """SSD and SSDlite: head, anchors, box decoding (``SSD.forward``)."""
-
-    def __init__(self, model: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(model, *args, **kwargs)
-        self.detector = model
-
-    def detect(self, image_sizes: list[tuple[int, int]], canvas: Tensor, features: list[Tensor], names: list[str],
-               original_sizes: list[tuple[int, int]]) -> list[dict[str, Tensor]]:
-        images = _image_list(canvas, image_sizes)
-        head_outputs = self.detector.head(features)
-        anchors = self.detector.anchor_generator(images, features)
-        detections = self.detector.postprocess_detections(head_outputs, anchors, image_sizes)
-        return self.transform.postprocess(detections, image_sizes, original_sizes)
+        return self.detector.postprocess_detections(split_outputs, split_anchors, image_sizes)
 
 
 def _image_list(canvas: Tensor, image_sizes: list[tuple[int, int]]) -> ImageList:

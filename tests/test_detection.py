@@ -39,18 +39,7 @@ def reference_maps(model, x, target: DetectionTarget):
 
     for i, block in enumerate(m.backbone.fpn.layer_blocks):
         block.register_forward_hook(keep(i))
-    found = m(list(x.double()))
-    score = x.new_zeros((), dtype=torch.float64)
-    for image in found:  # FasterRCNNBoxScoreTarget, restated: best same-label IoU above 0.5 adds IoU + score
-        ious = box_iou(target.boxes.double(), image["boxes"])
-        for j in range(len(target.boxes)):
-            same = image["labels"] == target.labels[j]
-            if not bool(same.any()):
-                continue
-            candidates = torch.where(same, ious[j], torch.full_like(ious[j], -1.0))
-            d = int(candidates.argmax())
-            if float(candidates[d].detach()) > 0.5:
-                score = score + ious[j, d] + image["scores"][d]
+    score = restated_score(m(list(x.double())), target)
     order = sorted(leaves)
     grads = torch.autograd.grad(score, [leaves[i] for i in order])
     return [leaves[i].detach().numpy() for i in order], [g.numpy() for g in grads]

@@ -14,6 +14,8 @@
 // strip autograd from its optimised plan). The backbone still runs without grad inside the graph.
 #include <torch/script.h>
 
+#include "io.h"
+
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
@@ -21,32 +23,9 @@
 #include <string>
 #include <vector>
 
-namespace {
-
-std::vector<float> read_floats(const std::string& path, std::size_t count) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) throw std::runtime_error("cannot open " + path);
-  std::vector<float> data(count);
-  in.read(reinterpret_cast<char*>(data.data()), static_cast<std::streamsize>(count * sizeof(float)));
-  if (in.gcount() != static_cast<std::streamsize>(count * sizeof(float)))
-    throw std::runtime_error(path + " holds fewer than N*C*H*W float32 values");
-  return data;
-}
-
-void write_floats(const std::string& path, const torch::Tensor& t) {
-  auto c = t.contiguous().to(torch::kFloat32).cpu();
-  std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(c.data_ptr<float>()), static_cast<std::streamsize>(c.numel() * sizeof(float)));
-}
-
-void write_pgm(const std::string& path, const torch::Tensor& map) {  // map: (H, W) in [0, 1]
-  auto bytes = (map.clamp(0, 1) * 255.0 + 0.5).to(torch::kUInt8).contiguous().cpu();
-  std::ofstream out(path, std::ios::binary);
-  out << "P5\n" << map.size(1) << " " << map.size(0) << "\n255\n";
-  out.write(reinterpret_cast<const char*>(bytes.data_ptr<std::uint8_t>()), bytes.numel());
-}
-
-}  // namespace
+using deploycam_io::read_batch;
+using deploycam_io::write_floats;
+using deploycam_io::write_pgm;
 
 int main(int argc, char** argv) {
   if (argc < 8) {
@@ -58,8 +37,7 @@ int main(int argc, char** argv) {
     const int64_t n = std::atoll(argv[3]), c = std::atoll(argv[4]), h = std::atoll(argv[5]), w = std::atoll(argv[6]);
     torch::jit::script::Module module = torch::jit::load(model_path);
 
-    auto data = read_floats(input_path, static_cast<std::size_t>(n * c * h * w));
-    auto input = torch::from_blob(data.data(), {n, c, h, w}, torch::kFloat32).clone();
+    auto input = read_batch(input_path, n, c, h, w);
     std::vector<torch::jit::IValue> args{input};
     if (argc > 8) args.emplace_back(torch::full({n}, std::atoll(argv[8]), torch::kLong));
 
