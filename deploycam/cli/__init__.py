@@ -1,4 +1,4 @@
-"""The ``deploycam`` command line: ``explain``, ``export``, ``layers``, ``models``, ``methods``, ``demo``,
+"""The ``deploycam`` command line: ``explain``, ``explain-dataset``, ``export``, ``layers``, ``models``, ``methods``, ``demo``,
 ``evaluate``, ``bench``.
 
 Exit codes: 0 success; 1 some inputs could not be read (reported and skipped, the others done);
@@ -13,10 +13,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from deploycam.cli import bench_cmd, demo_cmd, evaluate_cmd, explain_cmd, export_cmd, layers_cmd
+from deploycam.cli import bench_cmd, dataset_cmd, demo_cmd, evaluate_cmd, explain_cmd, export_cmd, layers_cmd
 from explainer.errors import DeployCamError
 
-_COMMANDS = (demo_cmd, explain_cmd, export_cmd, layers_cmd, evaluate_cmd, bench_cmd)
+_COMMANDS = (demo_cmd, explain_cmd, dataset_cmd, export_cmd, layers_cmd, evaluate_cmd, bench_cmd)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,78 @@
+"""``deploycam explain-dataset SRC --out results.parquet``: a whole folder or list of images into Parquet rows."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from deploycam.cli.args import add_model_args, add_onnx_args, check_device, check_onnx_file, check_positive
+from explainer.errors import InputError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("explain-dataset", help="explain every image of a folder or list file into Parquet rows "
+                                               "(path, target, label, probability, cam, ...)")
+    p.add_argument("source", help="a folder (searched recursively for images) or a list file (one path per line)")
+    p.add_argument("--out", required=True, help="output: a folder of Parquet parts, e.g. results.parquet "
+                                                "(reads as one table with pyarrow, pandas, DuckDB, Ray)")
+    add_model_args(p)
+    add_onnx_args(p)
+    p.add_argument("--runtime", default=None, metavar="FILE", help="explain with an exported graph (.onnx, .pt, .pt2)")
+    p.add_argument("--engine", choices=("onnxruntime", "openvino", "opencv"), default="onnxruntime",
+                   help="what runs a --runtime .onnx file")
+    p.add_argument("--class", dest="target", type=int, default=None, help="explain this class for every image "
+                                                                           "(default: each image's top class)")
+    p.add_argument("--topk", type=int, default=None, help="explain each image's k best classes (k rows per image)")
+    p.add_argument("--metrics", default="", help="comma-separated faithfulness columns: deletion,insertion (eager)")
+    p.add_argument("--size", type=int, default=None, help="input size (default 224, or the graph's / file's own)")
+    p.add_argument("--batch-size", type=int, default=16, help="images per explainer call (default 16)")
+    p.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images (default 2; 0: "
+                                                          "in this process)")
+    p.add_argument("--rows-per-part", type=int, default=256, help="rows per Parquet part file (default 256)")
+    p.add_argument("--resume", action="store_true", help="continue a run: skip the images already in --out")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit 0 when every image was explained, 1 when some could not be read (they are rows with an error)."""
+    for name in ("size", "batch_size", "rows_per_part", "topk"):
+        check_positive("--" + name.replace("_", "-"), getattr(args, name))
+    if args.workers < 0:
+        raise InputError(f"--workers must be >= 0, got {args.workers}")
+    if args.target is not None and args.topk is not None:
+        raise InputError("give --class or --topk, not both")
+    metrics = [m for m in args.metrics.split(",") if m]
+    check_onnx_file(args)
+    if not os.path.exists(args.source):
+        raise InputError(f"no folder or list file at {args.source}")
+    device = check_device(args.device)
+
+    from deploycam.cli.common import model_from_args, onnx_explainer_from_args, preprocess_for
+    from explainer.core import Explainer
+    from explainer.dataset import explain_dataset
+
+    explainer: Any  # an eager Explainer or an exported graph's runtime: the same call
+    if args.runtime:
+        from export import load
+
+        explainer = load(args.runtime, device=device, runtime=args.engine)
+        size = explainer.info.image_size[0]
+    elif args.onnx:
+        explainer, size = onnx_explainer_from_args(args, args.method, device)
+    else:
+        loaded = model_from_args(args)
+        explainer = Explainer(loaded.model.to(device), args.layer or loaded.layer, args.method,
+                              reshape=args.reshape or loaded.reshape)
+        size = args.size or 224
+    result = explain_dataset(args.source, explainer, args.out, preprocess=preprocess_for(args, size),
+                             targets=args.target, topk=args.topk, batch_size=args.batch_size, workers=args.workers,
+                             resume=args.resume, metrics=metrics, rows_per_part=args.rows_per_part)
+    print(f"wrote {result.rows} row(s) to {result.out} ({result.images} image(s) in {result.seconds:.1f} s, "
+          f"{result.images_per_second:.1f} images/s; {result.errors} unreadable; {result.skipped} already done)")
+    if result.errors:
+        print(f"{result.errors} file(s) could not be read: see the rows whose 'error' is set", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,173 @@
+"""Explain a whole dataset into Parquet rows: ``explain_dataset(source, explainer, "results.parquet")``.
+
+Images are decoded and preprocessed in DataLoader workers, explained in batches (the eager
+:class:`~explainer.Explainer` or an exported graph's runtime from :func:`export.load`: both have
+the same call), and written as rows to a folder of Parquet parts (:mod:`explainer.dataset.parquet_parts`)
+as results arrive. One row per image and target:
+
+    path         str      the image's path relative to the source (as written in a list file)
+    target       int64    the explained class (-1 for target callables; null for unreadable files)
+    label        str      its name (ImageNet names for 1000-class models, else "class k")
+    probability  float32  softmax(logits)[target]
+    method, layer str
+    cam          list<float32>  the map, row-major: at feature resolution for the eager explainer
+                            (``Explanation.raw``, before normalisation), the normalised input-size
+                            map for exported graphs (they output only that)
+    cam_shape    list<int32>    (h, w) of ``cam``
+    error        str      "" or why the file could not be read (its other fields null)
+    deletion, insertion  float64  optional faithfulness metrics (explainer.metrics; eager only)
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from explainer.dataset.parquet_parts import PartsWriter, _pyarrow
+from explainer.dataset.sources import DecodedImages, collate, image_files
+from explainer.errors import InputError
+from explainer.imaging import Preprocess
+from explainer.labels import label_of
+
+METRICS = ("deletion", "insertion")
+
+
+@dataclass(frozen=True)
+class DatasetRun:
+    """What a run did: ``rows`` written (``errors`` of them for unreadable files), ``skipped`` images
+    already in the output (resume), ``images`` explained, ``seconds`` and ``images_per_second``."""
+
+    out: str
+    rows: int
+    errors: int
+    skipped: int
+    images: int
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def schema(metrics: Sequence[str] = ()):
+    """The rows' Arrow schema (every part has it, so the folder reads as one table)."""
+    pa, _ = _pyarrow()
+    fields = [("path", pa.string()), ("target", pa.int64()), ("label", pa.string()),
+              ("probability", pa.float32()), ("method", pa.string()), ("layer", pa.string()),
+              ("cam", pa.list_(pa.float32())), ("cam_shape", pa.list_(pa.int32())), ("error", pa.string())]
+    return pa.schema(fields + [(m, pa.float64()) for m in metrics])
+
+
+def explain_dataset(source: str | os.PathLike, explainer: Any, out: str | os.PathLike, *,
+                    preprocess: Preprocess | None = None, targets: int | None = None, topk: int | None = None,
+                    batch_size: int = 16, workers: int = 0, resume: bool = False, metrics: Sequence[str] = (),
+                    rows_per_part: int = 256, progress: bool = True) -> DatasetRun:
+    """Explain every image of ``source`` (a folder, recursively, or a list file) into ``out``, a folder
+    of Parquet parts (see the module docstring for the columns).
+
+    Args:
+        explainer: an :class:`~explainer.Explainer` or an exported graph's runtime (``export.load``).
+        preprocess: how images become the model's input (default: ImageNet's 224 px recipe).
+        targets / topk: None (each image's top class), one class for every image, or the ``topk`` best.
+        batch_size: images per explainer call; ``workers``: DataLoader worker processes that decode.
+        resume: continue a run whose output exists, skipping the paths already written.
+        metrics: any of ``"deletion"``, ``"insertion"`` (eager explainers; 20 model runs per image each).
+        rows_per_part: rows per Parquet part (a crash loses at most the part being assembled).
+    """
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise InputError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
+    if metrics and _model_of(explainer) is None:
+        raise InputError("metrics need the model: pass an eager Explainer, not an exported graph's runtime")
+    for name, value in (("batch_size", batch_size), ("rows_per_part", rows_per_part)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be an int >= 1, got {value!r}")
+    writer = PartsWriter(out, resume=resume)
+    files = image_files(source)
+    todo = [f for f in files if f.path not in writer.done]
+    loader = DataLoader(DecodedImages(todo, preprocess or Preprocess()), batch_size=batch_size, num_workers=workers,
+                        collate_fn=collate)
+    row_schema = schema(metrics)
+    pending: list[dict] = []
+    errors = images = 0
+    start = time.perf_counter()
+    with tqdm(total=len(todo), unit="img", desc="explain-dataset", disable=None if progress else True) as bar:
+        for batch in loader:
+            for path, error in batch["failed"]:
+                pending.append(_error_row(path, error, metrics))
+                errors += 1
+            if batch["paths"]:
+                pending += _rows(explainer, batch["images"], batch["paths"], targets, topk, metrics)
+                images += len(batch["paths"])
+            while len(pending) >= rows_per_part:
+                writer.write_table(pending[:rows_per_part], row_schema)
+                pending = pending[rows_per_part:]
+            bar.update(len(batch["paths"]) + len(batch["failed"]))
+    writer.write_table(pending, row_schema)
+    return DatasetRun(writer.folder, writer.rows_written, errors, len(files) - len(todo), images,
+                      time.perf_counter() - start)
+
+
+def _error_row(path: str, error: str, metrics: Sequence[str]) -> dict:
+    return {"path": path, "target": None, "label": None, "probability": None, "method": None, "layer": None,
+            "cam": None, "cam_shape": None, "error": error} | {m: None for m in metrics}
+
+
+def _rows(explainer: Any, images: torch.Tensor, paths: list[str], targets: int | None, topk: int | None,
+          metrics: Sequence[str]) -> list[dict]:
+    result = explainer(images, targets, topk=topk) if topk is not None else explainer(images, targets)
+    maps = result.raw if result.raw is not None else result.cams  # (N, [K,] h, w)
+    chosen = result.targets if result.targets.ndim == 2 else result.targets[:, None]  # (N, K)
+    maps = maps if maps.ndim == 4 else maps[:, None]
+    probabilities = result.logits.detach().float().softmax(dim=1)
+    scores = {m: _metric(explainer, m, images, result.cams, chosen) for m in metrics}
+    rows = []
+    num_classes = int(result.logits.shape[1])
+    for i, path in enumerate(paths):
+        for k in range(chosen.shape[1]):
+            target = int(chosen[i, k])
+            cam = maps[i, k].detach().float().cpu().numpy()
+            rows.append({
+                "path": path, "target": target, "label": label_of(target, num_classes) if target >= 0 else None,
+                "probability": float(probabilities[i, target]) if target >= 0 else None,
+                "method": result.method, "layer": result.layer,
+                "cam": cam.ravel().astype(np.float32).tolist(), "cam_shape": list(cam.shape), "error": "",
+            } | {m: float(scores[m][i, k]) for m in metrics})
+    return rows
+
+
+def _metric(explainer: Any, name: str, images: torch.Tensor, cams: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """``(N, K)`` deletion or insertion AUC of each image's maps."""
+    from explainer.metrics import deletion_auc, insertion_auc
+
+    model = _model_of(explainer)
+    fn = deletion_auc if name == "deletion" else insertion_auc
+    cams = cams if cams.ndim == 4 else cams[:, None]
+    with torch.no_grad():
+        return torch.stack([fn(model, images, cams[:, k], chosen[:, k]) for k in range(chosen.shape[1])], dim=1)
+
+
+def _model_of(explainer: Any):
+    """The image -> logits callable of an eager explainer (None for exported graphs' runtimes)."""
+    explainer = getattr(explainer, "layer_explainers", [explainer])[0]  # multi-layer: any layer's split
+    model = getattr(explainer, "model", None)
+    if model is not None:
+        return model
+    if not hasattr(explainer, "_parts"):
+        return None
+    backbone, head = explainer._parts()
+
+    def whole(x: torch.Tensor) -> torch.Tensor:
+        from explainer.pipeline import unpack_backbone
+
+        a, skips = unpack_backbone(backbone(x))
+        return explainer._select(head(a, *skips))
+    return whole

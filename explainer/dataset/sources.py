@@ -1,0 +1,72 @@
+"""What a dataset run reads: image files from a folder (recursive) or a list file, decoded in DataLoader workers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import Dataset
+
+from explainer.errors import InputError
+from explainer.imaging import IMAGE_SUFFIXES, Preprocess, load_image
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    """One input: ``path`` as stored in the results (relative to the source), ``file`` to open."""
+
+    path: str
+    file: str
+
+
+def image_files(source: str | os.PathLike) -> list[ImageFile]:
+    """The images of ``source``: a folder (every image file below it, by suffix, sorted; paths relative to
+    it) or a list file (one path per line, relative to the list's folder unless absolute; blank lines
+    and ``#`` comments skipped; paths stored as written)."""
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        found = []
+        for folder, subfolders, names in os.walk(source):
+            subfolders.sort()
+            for name in sorted(names):
+                if name.lower().endswith(IMAGE_SUFFIXES):
+                    file = os.path.join(folder, name)
+                    found.append(ImageFile(os.path.relpath(file, source).replace(os.sep, "/"), file))
+        return found
+    if os.path.isfile(source):
+        base = os.path.dirname(os.path.abspath(source))
+        with open(source, encoding="utf-8") as handle:
+            lines = [line.strip() for line in handle]
+        return [ImageFile(line, line if os.path.isabs(line) else os.path.join(base, line))
+                for line in lines if line and not line.startswith("#")]
+    raise InputError(f"dataset source {source} is neither a folder nor a list file")
+
+
+class DecodedImages(Dataset):
+    """``ImageFile`` s decoded and preprocessed: item ``i`` is ``{"path", "image" (3, S, S) float32 or an
+    empty tensor, "error" ("" or why the file could not be read)}``, so a bad file becomes a row, not a
+    stopped run."""
+
+    def __init__(self, files: list[ImageFile], preprocess: Preprocess) -> None:
+        self.files = files
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.files[index]
+        try:
+            image, _ = self.preprocess(load_image(item.file))
+            return {"path": item.path, "image": image, "error": ""}
+        except (OSError, InputError, ValueError) as exc:
+            return {"path": item.path, "image": torch.empty(0), "error": f"{type(exc).__name__}: {exc}"}
+
+
+def collate(items: list[dict]) -> dict:
+    """A batch: the readable images stacked ``(B, 3, S, S)`` with their paths, and the failures."""
+    good = [i for i in items if not i["error"]]
+    return {"images": torch.stack([i["image"] for i in good]) if good else torch.empty(0),
+            "paths": [i["path"] for i in good],
+            "failed": [(i["path"], i["error"]) for i in items if i["error"]]}

@@ -1,0 +1,127 @@
+"""explainer.dataset / deploycam explain-dataset: rows equal direct explainer calls, unreadable files become
+rows, the Parquet parts survive a crash and a rerun resumes, workers change nothing."""
+
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("pyarrow")
+
+from deploycam.cli import main  # noqa: E402
+from explainer import Explainer, InputError  # noqa: E402
+from explainer.dataset import explain_dataset, image_files, read_results  # noqa: E402
+from explainer.imaging import Preprocess, load_image  # noqa: E402
+from tests.helpers import calibrated_model  # noqa: E402
+
+PRE = Preprocess(crop_size=64, resize_size=72)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "images"
+    (root / "a" / "b").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(7):
+        sub = "a/b/" if i % 2 else ""
+        cv2.imwrite(str(root / f"{sub}img{i}.png"), rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def explainer():
+    return Explainer(calibrated_model("resnet18"), "layer4")
+
+
+def test_sources_folder_and_list_file(folder, tmp_path):
+    found = image_files(folder)
+    assert [f.path for f in found][:2] == ["img0.png", "img2.png"] and "a/b/img1.png" in [f.path for f in found]
+    assert len(found) == 8
+    listing = tmp_path / "list.txt"
+    listing.write_text("# two images\nimages/img0.png\n\nimages/a/b/img1.png\n")
+    listed = image_files(listing)
+    assert [f.path for f in listed] == ["images/img0.png", "images/a/b/img1.png"]
+    assert os.path.isfile(listed[1].file)
+    with pytest.raises(InputError, match="neither a folder nor a list file"):
+        image_files(tmp_path / "missing")
+
+
+def test_rows_equal_direct_calls_and_bad_files_become_rows(folder, tmp_path, explainer):
+    run = explain_dataset(folder, explainer, tmp_path / "r.parquet", preprocess=PRE, batch_size=3, rows_per_part=3,
+                          progress=False)
+    assert (run.rows, run.errors, run.images, run.skipped) == (8, 1, 7, 0)
+    assert len(os.listdir(tmp_path / "r.parquet")) == 3  # 8 rows in parts of 3
+    rows = {r["path"]: r for r in read_results(tmp_path / "r.parquet").to_pylist()}
+    assert "InputError" in rows["a/broken.jpg"]["error"] and rows["a/broken.jpg"]["cam"] is None
+    x = torch.stack([PRE(load_image(folder / p))[0] for p in ("img0.png", "a/b/img5.png")])
+    direct = explainer(x)
+    for i, path in enumerate(("img0.png", "a/b/img5.png")):
+        row = rows[path]
+        assert row["target"] == int(direct.targets[i]) and row["method"] == "gradcam" and row["layer"] == "layer4"
+        cam = np.array(row["cam"], dtype=np.float32).reshape(row["cam_shape"])
+        assert np.abs(cam - direct.raw[i].numpy()).max() <= 1e-5 * max(1.0, float(direct.raw[i].abs().max()))
+        assert row["probability"] == pytest.approx(float(direct.probabilities[i, row["target"]]), rel=1e-5)
+        assert row["error"] == ""
+
+
+def test_topk_metrics_and_a_runtime(folder, tmp_path, explainer):
+    run = explain_dataset(folder, explainer, tmp_path / "k.parquet", preprocess=PRE, topk=2, metrics=["deletion"],
+                          progress=False)
+    table = read_results(tmp_path / "k.parquet").to_pylist()
+    assert run.rows == 7 * 2 + 1 and all(0 <= r["deletion"] <= 1 for r in table if not r["error"])
+    with pytest.raises(InputError, match="unknown metric"):
+        explain_dataset(folder, explainer, tmp_path / "m.parquet", metrics=["accuracy"])
+    import export
+
+    export.to_onnx(explainer, tmp_path / "g.onnx", torch.randn(2, 3, 64, 64))
+    runtime = export.load(tmp_path / "g.onnx")
+    explain_dataset(folder, runtime, tmp_path / "o.parquet", preprocess=PRE, progress=False)
+    rows = [r for r in read_results(tmp_path / "o.parquet").to_pylist() if not r["error"]]
+    assert rows[0]["cam_shape"] == [64, 64]  # exported graphs output the normalised input-size map
+    with pytest.raises(InputError, match="metrics need the model"):
+        explain_dataset(folder, runtime, tmp_path / "p.parquet", metrics=["insertion"])
+
+
+def test_a_crashed_run_resumes_without_duplicates(folder, tmp_path, explainer):
+    calls = {"n": 0}
+
+    def crashing(x, targets=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("power cut")
+        return explainer(x, targets)
+
+    out = tmp_path / "c.parquet"
+    with pytest.raises(RuntimeError, match="power cut"):
+        explain_dataset(folder, crashing, out, preprocess=PRE, batch_size=2, rows_per_part=2, progress=False)
+    written = len(read_results(out).to_pylist())
+    assert 0 < written < 8
+    with pytest.raises(InputError, match="resume"):
+        explain_dataset(folder, explainer, out, preprocess=PRE, progress=False)
+    run = explain_dataset(folder, explainer, out, preprocess=PRE, resume=True, progress=False)
+    paths = [r["path"] for r in read_results(out).to_pylist()]
+    assert sorted(paths) == sorted(f.path for f in image_files(folder)) and run.skipped == written
+
+
+def test_workers_change_nothing(folder, tmp_path, explainer):
+    explain_dataset(folder, explainer, tmp_path / "w0.parquet", preprocess=PRE, workers=0, progress=False)
+    explain_dataset(folder, explainer, tmp_path / "w2.parquet", preprocess=PRE, workers=2, progress=False)
+    a = {r["path"]: r["cam"] for r in read_results(tmp_path / "w0.parquet").to_pylist()}
+    b = {r["path"]: r["cam"] for r in read_results(tmp_path / "w2.parquet").to_pylist()}
+    assert a == b
+
+
+def test_cli_explain_dataset(folder, tmp_path, capsys):
+    out = tmp_path / "cli.parquet"
+    argv = ["explain-dataset", str(folder), "--out", str(out), "--model", "resnet18", "--size", "64", "--workers", "0"]
+    assert main(argv) == 1  # one unreadable file: a row with its error, exit 1
+    captured = capsys.readouterr()
+    assert "wrote 8 row(s)" in captured.out and "images/s" in captured.out and "could not be read" in captured.err
+    assert main(argv) == 2 and "--resume" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == 0 and "8 already done" in capsys.readouterr().out
+    assert main(["explain-dataset", str(folder), "--out", str(out), "--class", "3", "--topk", "2"]) == 2
