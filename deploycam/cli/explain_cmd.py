@@ -25,9 +25,20 @@ if TYPE_CHECKING:
     from explainer.explanation import Explanation
 
 
+#: explainer.video.VIDEO_SUFFIXES, repeated so the argument checks need no torch import
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("explain", help="explain image files or directories; writes overlay PNGs")
-    p.add_argument("paths", nargs="+", metavar="IMAGE_OR_DIR", help="image files, or directories of images")
+    p = sub.add_parser("explain", help="explain image files or directories (overlay PNGs), or a video / camera "
+                                       "(an overlaid video)")
+    p.add_argument("paths", nargs="*", metavar="IMAGE_OR_DIR", help="image files, or directories of images; or one "
+                                                                   "video file (.mp4, .avi, ...: --out is then a video)")
+    p.add_argument("--camera", type=int, default=None, metavar="INDEX",
+                   help="explain frames from this camera (OpenCV's index, e.g. 0) into the --out video")
+    p.add_argument("--latency", action="store_true",
+                   help="video: explain and write each frame as it arrives (default: batches of --batch-size)")
+    p.add_argument("--max-frames", type=int, default=None, help="video: stop after this many frames")
     add_model_args(p)
     target = p.add_mutually_exclusive_group()
     target.add_argument("--class", dest="classes", type=int, nargs="+", metavar="K",
@@ -64,6 +75,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when every image was explained, 1 when some could not be read (they are reported and
     skipped), 2 for bad arguments (checked before any work; nothing is written)."""
+    check_positive("--max-frames", args.max_frames)
+    if args.camera is not None or (len(args.paths) == 1 and args.paths[0].lower().endswith(VIDEO_SUFFIXES)):
+        return explain_video_cmd(args)
+    if not args.paths:
+        raise InputError("give image files or directories, a video file, or --camera INDEX")
     check_positive("--batch-size", args.batch_size)
     check_positive("--topk", args.topk)
     check_alpha(args.alpha)
@@ -165,4 +181,59 @@ def run(args: argparse.Namespace) -> int:
     if failures:
         print(f"{failures} of {len(paths)} image(s) could not be read and were skipped", file=sys.stderr)
         return 1
+    return 0
+
+
+def explain_video_cmd(args: argparse.Namespace) -> int:
+    """A video file or camera into an overlaid video (``--out``: a video file, or a folder for ``{stem}_cam.mp4``)."""
+    check_positive("--batch-size", args.batch_size)
+    check_positive("--size", args.size)
+    check_alpha(args.alpha)
+    check_onnx_file(args)
+    if args.camera is not None and args.paths:
+        raise InputError("give a video file or --camera, not both")
+    if args.camera is not None and args.max_frames is None:
+        raise InputError("--camera needs --max-frames N (a camera never ends)")
+    if args.classes or args.topk != 1 or args.aug_smooth or args.eigen_smooth:
+        raise InputError("videos explain each frame's top class (no --class/--topk/--aug-smooth/--eigen-smooth)")
+    source = args.camera if args.camera is not None else args.paths[0]
+    if isinstance(source, str) and not os.path.isfile(source):
+        raise InputError(f"no video file at {source}")
+    stem = f"camera{source}" if isinstance(source, int) else os.path.splitext(os.path.basename(source))[0]
+    out = args.out if args.out.lower().endswith(VIDEO_SUFFIXES) else os.path.join(args.out, f"{stem}_cam.mp4")
+    if os.path.exists(out) and not args.overwrite:
+        raise InputError(f"{out} exists; pass --overwrite, or another --out")
+    device = check_device(args.device)
+
+    from tqdm import tqdm
+
+    from deploycam.cli.common import model_from_args, onnx_explainer_from_args, preprocess_for
+    from explainer.core import Explainer
+    from explainer.video import explain_video
+
+    explain: Callable[..., Explanation]
+    if args.runtime:
+        from export import load
+
+        runtime = load(args.runtime, device=device, runtime=args.engine)
+        explain, size, what = runtime, runtime.info.image_size[0], f"{runtime.info.method}, {runtime.backend}"
+    elif args.onnx:
+        explainer, size = onnx_explainer_from_args(args, args.method, device)
+        explain, what = explainer, f"{explainer.method.name} at {explainer.layer}"
+    else:
+        loaded = model_from_args(args)
+        explainer = Explainer(loaded.model.to(device), args.layer or loaded.layer, args.method,
+                              reshape=args.reshape or loaded.reshape)
+        explain, size, what = explainer, args.size or 224, f"{explainer.method.name} at {explainer.layer} of {loaded.name}"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with tqdm(total=args.max_frames, unit="frame", desc="explain", file=sys.stderr) as bar:
+        def progress(frames: int, fps: float) -> None:
+            bar.update(1)
+            bar.set_postfix(fps=f"{fps:.1f}")
+
+        run = explain_video(source, explain, out, preprocess_for(args, size), batch_size=args.batch_size,
+                            latency=args.latency, colormap=args.colormap, alpha=args.alpha, max_frames=args.max_frames,
+                            device=device, on_frame=progress)
+    mode = "one frame at a time" if args.latency else f"batches of {args.batch_size}"
+    print(f"wrote {run.out}: {run.frames} frame(s) in {run.seconds:.1f} s, {run.fps:.1f} frames/s ({mode}; {what})")
     return 0

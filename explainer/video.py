@@ -1,0 +1,119 @@
+"""Explain a video file or a camera frame by frame: :func:`explain_video` (``deploycam explain clip.mp4``).
+
+OpenCV reads the frames (``cv2.VideoCapture``: any file format its build reads, or a camera index)
+and writes the overlays (``cv2.VideoWriter``: ``.mp4``/``.m4v``/``.mov`` as MPEG-4, others as
+Motion-JPEG). Frames are preprocessed like images (``Preprocess``; ``resize="squash"`` keeps the
+whole frame), explained in batches of ``batch_size`` for throughput, or one at a time with
+``latency=True`` (each frame's overlay written as soon as it is explained), by the eager explainer
+or an exported graph's runtime. Each output frame is the overlay at the model's input size with a
+caption: the explained class, its probability, and the frames per second achieved so far (reading,
+explaining and writing included).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+
+from explainer.errors import InputError
+from explainer.imaging import Preprocess
+from explainer.labels import label_of
+from explainer.overlay import overlay
+
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
+
+
+@dataclass(frozen=True)
+class VideoRun:
+    """``frames`` explained in ``seconds`` (wall time, reading and writing included), each frame's
+    explained class in ``targets``, written to ``out``."""
+
+    out: str
+    frames: int
+    seconds: float
+    targets: list[int] = field(default_factory=list)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def _writer(out: str, fps: float, size: int) -> cv2.VideoWriter:
+    codec = "mp4v" if out.lower().endswith((".mp4", ".m4v", ".mov")) else "MJPG"
+    fourcc = cv2.VideoWriter.fourcc(*codec)
+    writer = cv2.VideoWriter(out, fourcc, fps, (size, size))
+    if not writer.isOpened():
+        raise InputError(f"OpenCV cannot write a video to {out} ({codec}); use a .avi or .mp4 name in a writable folder")
+    return writer
+
+
+def explain_video(source: str | int, explain: Callable, out: str, preprocess: Preprocess | None = None, *,
+                  batch_size: int = 8, latency: bool = False, colormap: str = "jet", alpha: float = 0.5,
+                  max_frames: int | None = None, device: str = "cpu",
+                  on_frame: Callable[[int, float], None] | None = None) -> VideoRun:
+    """Explain every frame of ``source`` (a video file, or a camera index) into the video ``out``.
+
+    ``explain(images (B, 3, S, S)) -> Explanation``: an :class:`~explainer.Explainer` or
+    ``export.load(...)``'s runtime. ``max_frames`` stops early (cameras never end otherwise);
+    ``on_frame(frames_done, fps)`` is called after each written frame (a progress bar hook).
+    """
+    preprocess = preprocess or Preprocess(resize="squash")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        raise InputError(f"OpenCV cannot open {'camera ' + str(source) if isinstance(source, int) else source} "
+                         "as a video")
+    rate = capture.get(cv2.CAP_PROP_FPS)
+    writer = _writer(out, rate if rate and rate > 0 else 25.0, preprocess.crop_size)
+    step = 1 if latency else batch_size
+    frames, targets = 0, []
+    start = time.perf_counter()
+    try:
+        while max_frames is None or frames < max_frames:
+            views: list[np.ndarray] = []
+            tensors: list[torch.Tensor] = []
+            while len(views) < step and (max_frames is None or frames + len(views) < max_frames):
+                ok, bgr = capture.read()
+                if not ok:
+                    break
+                x, view = preprocess(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+                views.append(view)
+                tensors.append(x)
+            if not views:
+                break
+            result = explain(torch.stack(tensors).to(device))
+            probabilities = result.logits.detach().float().softmax(dim=1).cpu()
+            cams = result.cams.detach().float().cpu().numpy()
+            for i, view in enumerate(views):
+                target = int(result.targets[i])
+                frames += 1
+                fps = frames / (time.perf_counter() - start)
+                caption = (f"{label_of(target, probabilities.shape[1])} {float(probabilities[i, target]):.2f}"
+                           f" | {fps:.1f} fps")
+                picture = overlay(view, cams[i], colormap, alpha)
+                _put_caption(picture, caption)
+                writer.write(cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+                targets.append(target)
+                if on_frame is not None:
+                    on_frame(frames, fps)
+    finally:
+        capture.release()
+        writer.release()
+    if frames == 0:
+        raise InputError(f"{source} gave no frames OpenCV could decode")
+    return VideoRun(out, frames, time.perf_counter() - start, targets)
+
+
+def _put_caption(picture: np.ndarray, text: str) -> None:
+    """White text on a dark band along the frame's bottom edge, in place."""
+    height = max(14, picture.shape[0] // 14)
+    picture[-height:] = (picture[-height:] * 0.35).astype(np.uint8)
+    scale = height / 28.0
+    cv2.putText(picture, text, (3, picture.shape[0] - height // 4), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (255, 255, 255), 1, cv2.LINE_AA)
