@@ -51,11 +51,11 @@ def test_export_an_onnx_model_back_and_explain_with_the_graph(cat_png, tmp_path,
     assert "input (N, 96, 96, 3)" in captured.out and "same predicted classes: True" in captured.out
     assert main(["explain", str(cat_png), "--runtime", str(graph), "--out", str(tmp_path / "o")]) == 0
     capsys.readouterr()
-    assert main(["explain", str(cat_png), "--runtime", str(graph), "--engine", "opencv", "--out",
+    assert main(["explain", str(cat_png), "--runtime", str(graph), "--backend", "opencv", "--out",
                  str(tmp_path / "o2")]) == 0  # an NHWC graph in OpenCV 5's DNN engine
     assert "opencv/cpu" in capsys.readouterr().out
-    assert main(["explain", str(cat_png), "--engine", "openvino", "--out", str(tmp_path / "o3")]) == 2
-    assert "--engine openvino runs exported .onnx files" in capsys.readouterr().err
+    assert main(["explain", str(cat_png), "--backend", "openvino", "--out", str(tmp_path / "o3")]) == 2
+    assert "--backend openvino runs exported .onnx files" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -125,3 +125,27 @@ def test_cli_explain_dataset(folder, tmp_path, capsys):
     assert main(argv) == 2 and "--resume" in capsys.readouterr().err
     assert main(argv + ["--resume"]) == 0 and "8 already done" in capsys.readouterr().out
     assert main(["explain-dataset", str(folder), "--out", str(out), "--class", "3", "--topk", "2"]) == 2
+
+
+@pytest.mark.slow
+def test_ray_engine_rows_equal_the_local_engine(folder, tmp_path):
+    """A local Ray cluster (2 CPUs, one explainer actor) gives the rows the local engine gives."""
+    pytest.importorskip("ray")
+    from deploycam.cli.dataset_cmd import ExplainerSpec
+
+    spec = ExplainerSpec("resnet18", None, "layer4", "gradcam", None, None, "nchw", None, "onnxruntime", "cpu", 64)
+    explain_dataset(folder, spec(), tmp_path / "local.parquet", preprocess=PRE, batch_size=3, progress=False)
+    run = explain_dataset(folder, spec, tmp_path / "ray.parquet", preprocess=PRE, batch_size=3, progress=False,
+                          engine="ray", actors=1)
+    assert (run.rows, run.images, run.errors) == (8, 7, 1)
+    local = {r["path"]: r for r in read_results(tmp_path / "local.parquet").to_pylist()}
+    remote = {r["path"]: r for r in read_results(tmp_path / "ray.parquet").to_pylist()}
+    assert local.keys() == remote.keys()
+    for path, row in local.items():
+        other = remote[path]
+        assert (row["target"], row["error"][:10], row["cam_shape"]) == (other["target"], other["error"][:10],
+                                                                         other["cam_shape"])
+        if row["cam"] is not None:
+            assert np.abs(np.array(row["cam"]) - np.array(other["cam"])).max() <= 1e-5 * max(1.0, max(row["cam"]))
+    with pytest.raises(InputError, match="zero-argument function"):
+        explain_dataset(folder, spec(), tmp_path / "bad.parquet", engine="ray")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from deploycam.cli.args import add_model_args, add_onnx_args, check_device, check_onnx_file, check_positive
@@ -20,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     add_onnx_args(p)
     p.add_argument("--runtime", default=None, metavar="FILE", help="explain with an exported graph (.onnx, .pt, .pt2)")
-    p.add_argument("--engine", choices=("onnxruntime", "openvino", "opencv"), default="onnxruntime",
+    p.add_argument("--backend", choices=("onnxruntime", "openvino", "opencv"), default="onnxruntime",
                    help="what runs a --runtime .onnx file")
     p.add_argument("--class", dest="target", type=int, default=None, help="explain this class for every image "
                                                                            "(default: each image's top class)")
@@ -32,13 +33,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                           "in this process)")
     p.add_argument("--rows-per-part", type=int, default=256, help="rows per Parquet part file (default 256)")
     p.add_argument("--resume", action="store_true", help="continue a run: skip the images already in --out")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: this process and --workers decoders; ray: a Ray Data actor pool (RAY_ADDRESS, or a "
+                        "local cluster started for the run), the same rows")
+    p.add_argument("--actors", type=int, default=None, help="ray: explainer actors (default: one per CPU, or per GPU)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when every image was explained, 1 when some could not be read (they are rows with an error)."""
-    for name in ("size", "batch_size", "rows_per_part", "topk"):
+    for name in ("size", "batch_size", "rows_per_part", "topk", "actors"):
         check_positive("--" + name.replace("_", "-"), getattr(args, name))
     if args.workers < 0:
         raise InputError(f"--workers must be >= 0, got {args.workers}")
@@ -50,29 +55,64 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"no folder or list file at {args.source}")
     device = check_device(args.device)
 
-    from deploycam.cli.common import model_from_args, onnx_explainer_from_args, preprocess_for
-    from explainer.core import Explainer
     from explainer.dataset import explain_dataset
 
-    explainer: Any  # an eager Explainer or an exported graph's runtime: the same call
-    if args.runtime:
-        from export import load
-
-        explainer = load(args.runtime, device=device, runtime=args.engine)
-        size = explainer.info.image_size[0]
-    elif args.onnx:
-        explainer, size = onnx_explainer_from_args(args, args.method, device)
-    else:
-        loaded = model_from_args(args)
-        explainer = Explainer(loaded.model.to(device), args.layer or loaded.layer, args.method,
-                              reshape=args.reshape or loaded.reshape)
-        size = args.size or 224
-    result = explain_dataset(args.source, explainer, args.out, preprocess=preprocess_for(args, size),
-                             targets=args.target, topk=args.topk, batch_size=args.batch_size, workers=args.workers,
-                             resume=args.resume, metrics=metrics, rows_per_part=args.rows_per_part)
+    spec = ExplainerSpec(args.model, args.weights, args.layer, args.method, args.reshape, args.onnx, args.input_layout,
+                         args.runtime, args.backend, device, args.size)
+    explainer, size = spec.build_sized()
+    result = explain_dataset(args.source, spec if args.engine == "ray" else explainer, args.out,
+                             preprocess=_preprocess(args, size), targets=args.target, topk=args.topk,
+                             batch_size=args.batch_size, workers=args.workers, resume=args.resume, metrics=metrics,
+                             rows_per_part=args.rows_per_part, engine=args.engine, actors=args.actors)
     print(f"wrote {result.rows} row(s) to {result.out} ({result.images} image(s) in {result.seconds:.1f} s, "
           f"{result.images_per_second:.1f} images/s; {result.errors} unreadable; {result.skipped} already done)")
     if result.errors:
         print(f"{result.errors} file(s) could not be read: see the rows whose 'error' is set", file=sys.stderr)
         return 1
     return 0
+
+
+def _preprocess(args: argparse.Namespace, size: int):
+    from deploycam.cli.common import preprocess_for
+
+    return preprocess_for(args, size)
+
+
+@dataclass(frozen=True)
+class ExplainerSpec:
+    """The explainer the arguments describe, buildable anywhere (picklable: Ray actors call it)."""
+
+    model: str
+    weights: str | None
+    layer: str | None
+    method: str
+    reshape: str | None
+    onnx: str | None
+    input_layout: str
+    runtime: str | None
+    backend: str
+    device: str
+    size: int | None
+
+    def __call__(self) -> Any:
+        return self.build_sized()[0]
+
+    def build_sized(self) -> tuple[Any, int]:
+        """``(explainer or runtime, input size)``."""
+        from explainer.core import Explainer
+
+        if self.runtime:
+            from export import load
+
+            runtime = load(self.runtime, device=self.device, runtime=self.backend)
+            return runtime, runtime.info.image_size[0]
+        if self.onnx:
+            from deploycam.cli.common import onnx_explainer_from_args
+
+            return onnx_explainer_from_args(argparse.Namespace(**asdict(self)), self.method, self.device)
+        from explainer.models import load_model
+
+        loaded = load_model(self.model, self.weights)
+        explainer = Explainer(loaded.model.to(self.device), self.layer or loaded.layer, self.method,
+                              reshape=self.reshape or loaded.reshape)
+        return explainer, self.size or 224

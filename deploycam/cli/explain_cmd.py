@@ -56,10 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eigen-smooth", action="store_true",
                    help="first principal component of the channel contributions instead of their sum (eager only)")
     p.add_argument("--runtime", default=None, metavar="FILE",
-                   help="explain with an exported graph (.onnx via ONNX Runtime or --engine, .pt via TorchScript, "
+                   help="explain with an exported graph (.onnx via ONNX Runtime or --backend, .pt via TorchScript, "
                         ".pt2 via AOTInductor; part full) "
                         "instead of eager PyTorch; --model/--layer/--method are then ignored")
-    p.add_argument("--engine", choices=("onnxruntime", "openvino", "opencv"), default="onnxruntime",
+    p.add_argument("--backend", choices=("onnxruntime", "openvino", "opencv"), default="onnxruntime",
                    help="what runs a --runtime .onnx file: ONNX Runtime (default), OpenVINO (float32) or OpenCV 5's "
                         "DNN engine; each checks itself against ONNX Runtime when it opens the file")
     p.add_argument("--score-threshold", type=float, default=0.5,
@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     check_positive("--size", args.size)
     check_onnx_file(args)
     preprocessing_kwargs(args)  # bad --std/--scale fail here, before any work
-    if args.engine != "onnxruntime" and not (args.runtime or "").endswith(".onnx"):
-        raise InputError(f"--engine {args.engine} runs exported .onnx files: give --runtime FILE.onnx")
+    if args.backend != "onnxruntime" and not (args.runtime or "").endswith(".onnx"):
+        raise InputError(f"--backend {args.backend} runs exported .onnx files: give --runtime FILE.onnx")
     if args.runtime and args.onnx:
         raise InputError("give either --runtime (an exported explanation) or --onnx (a model to explain), not both")
     if args.runtime and (args.aug_smooth or args.eigen_smooth):
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if args.runtime:
         from export import load
 
-        runtime = load(args.runtime, device=device, runtime=args.engine)
+        runtime = load(args.runtime, device=device, runtime=args.backend)
         if runtime.info.part != "full":
             raise InputError(f"{args.runtime} is a part={runtime.info.part!r} graph; explaining images needs part='full'")
         method, explain = runtime.info.method, runtime
@@ -215,7 +215,7 @@ def explain_video_cmd(args: argparse.Namespace) -> int:
     if args.runtime:
         from export import load
 
-        runtime = load(args.runtime, device=device, runtime=args.engine)
+        runtime = load(args.runtime, device=device, runtime=args.backend)
         explain, size, what = runtime, runtime.info.image_size[0], f"{runtime.info.method}, {runtime.backend}"
     elif args.onnx:
         explainer, size = onnx_explainer_from_args(args, args.method, device)

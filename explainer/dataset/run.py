@@ -66,26 +66,36 @@ def schema(metrics: Sequence[str] = ()):
     return pa.schema(fields + [(m, pa.float64()) for m in metrics])
 
 
+ENGINES = ("local", "ray")
+
+
 def explain_dataset(source: str | os.PathLike, explainer: Any, out: str | os.PathLike, *,
                     preprocess: Preprocess | None = None, targets: int | None = None, topk: int | None = None,
                     batch_size: int = 16, workers: int = 0, resume: bool = False, metrics: Sequence[str] = (),
-                    rows_per_part: int = 256, progress: bool = True) -> DatasetRun:
+                    rows_per_part: int = 256, progress: bool = True, engine: str = "local",
+                    actors: int | None = None, ray_address: str | None = None) -> DatasetRun:
     """Explain every image of ``source`` (a folder, recursively, or a list file) into ``out``, a folder
     of Parquet parts (see the module docstring for the columns).
 
     Args:
-        explainer: an :class:`~explainer.Explainer` or an exported graph's runtime (``export.load``).
+        explainer: an :class:`~explainer.Explainer` or an exported graph's runtime (``export.load``);
+            for ``engine="ray"`` a zero-argument function that builds one (it runs in each actor).
         preprocess: how images become the model's input (default: ImageNet's 224 px recipe).
         targets / topk: None (each image's top class), one class for every image, or the ``topk`` best.
-        batch_size: images per explainer call; ``workers``: DataLoader worker processes that decode.
+        batch_size: images per explainer call; ``workers``: DataLoader worker processes that decode (local).
         resume: continue a run whose output exists, skipping the paths already written.
         metrics: any of ``"deletion"``, ``"insertion"`` (eager explainers; 20 model runs per image each).
         rows_per_part: rows per Parquet part (a crash loses at most the part being assembled).
+        engine: ``"local"`` (this process, DataLoader workers) or ``"ray"`` (Ray Data: an actor pool of
+            ``actors`` explainers, default the cluster's CPUs, one GPU each where the cluster has GPUs;
+            connects to ``ray_address`` or ``RAY_ADDRESS``, else starts a local cluster). Rows are the same.
     """
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise InputError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(METRICS)}")
-    if metrics and _model_of(explainer) is None:
+    if engine not in ENGINES:
+        raise InputError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "local" and metrics and _model_of(explainer) is None:
         raise InputError("metrics need the model: pass an eager Explainer, not an exported graph's runtime")
     for name, value in (("batch_size", batch_size), ("rows_per_part", rows_per_part)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -93,27 +103,49 @@ def explain_dataset(source: str | os.PathLike, explainer: Any, out: str | os.Pat
     writer = PartsWriter(out, resume=resume)
     files = image_files(source)
     todo = [f for f in files if f.path not in writer.done]
-    loader = DataLoader(DecodedImages(todo, preprocess or Preprocess()), batch_size=batch_size, num_workers=workers,
-                        collate_fn=collate)
+    options = RowOptions(targets, topk, tuple(metrics))
+    preprocess = preprocess or Preprocess()
+    if engine == "ray":
+        from explainer.dataset.ray_engine import ray_batches
+
+        batches = ray_batches(explainer, todo, preprocess, batch_size, options, actors, ray_address)
+    else:
+        loader = DataLoader(DecodedImages(todo, preprocess), batch_size=batch_size, num_workers=workers,
+                            collate_fn=collate)
+        batches = (batch_rows(explainer, batch, options) for batch in loader)
     row_schema = schema(metrics)
     pending: list[dict] = []
     errors = images = 0
     start = time.perf_counter()
     with tqdm(total=len(todo), unit="img", desc="explain-dataset", disable=None if progress else True) as bar:
-        for batch in loader:
-            for path, error in batch["failed"]:
-                pending.append(_error_row(path, error, metrics))
-                errors += 1
-            if batch["paths"]:
-                pending += _rows(explainer, batch["images"], batch["paths"], targets, topk, metrics)
-                images += len(batch["paths"])
+        for rows, explained, failed in batches:
+            pending += rows
+            images += explained
+            errors += failed
             while len(pending) >= rows_per_part:
                 writer.write_table(pending[:rows_per_part], row_schema)
                 pending = pending[rows_per_part:]
-            bar.update(len(batch["paths"]) + len(batch["failed"]))
+            bar.update(explained + failed)
     writer.write_table(pending, row_schema)
     return DatasetRun(writer.folder, writer.rows_written, errors, len(files) - len(todo), images,
                       time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class RowOptions:
+    """What each image's rows hold: the targets (or ``topk``) and the metric columns."""
+
+    targets: int | None = None
+    topk: int | None = None
+    metrics: tuple[str, ...] = ()
+
+
+def batch_rows(explainer: Any, batch: dict, options: RowOptions) -> tuple[list[dict], int, int]:
+    """``(rows, images explained, unreadable files)`` of one collated batch (:func:`~explainer.dataset.sources.collate`)."""
+    rows = [_error_row(path, error, options.metrics) for path, error in batch["failed"]]
+    if batch["paths"]:
+        rows += _rows(explainer, batch["images"], batch["paths"], options.targets, options.topk, options.metrics)
+    return rows, len(batch["paths"]), len(batch["failed"])
 
 
 def _error_row(path: str, error: str, metrics: Sequence[str]) -> dict:
