@@ -69,10 +69,13 @@ def test_rows_equal_direct_calls_and_bad_files_become_rows(folder, tmp_path, exp
         assert row["error"] == ""
 
 
-def test_topk_metrics_and_a_runtime(folder, tmp_path, explainer):
+def test_topk_metrics_overlays_and_a_runtime(folder, tmp_path, explainer):
     run = explain_dataset(folder, explainer, tmp_path / "k.parquet", preprocess=PRE, topk=2, metrics=["deletion"],
-                          progress=False)
+                          progress=False, overlays=tmp_path / "pictures")
     table = read_results(tmp_path / "k.parquet").to_pylist()
+    pictures = sorted(p.relative_to(tmp_path / "pictures").as_posix() for p in (tmp_path / "pictures").rglob("*.png"))
+    assert len(pictures) == 14 and any(p.startswith("a/b/img1_") for p in pictures)
+    assert load_image(tmp_path / "pictures" / pictures[0]).shape == (64, 64, 3)
     assert run.rows == 7 * 2 + 1 and all(0 <= r["deletion"] <= 1 for r in table if not r["error"])
     with pytest.raises(InputError, match="unknown metric"):
         explain_dataset(folder, explainer, tmp_path / "m.parquet", metrics=["accuracy"])

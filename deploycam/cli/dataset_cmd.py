@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--class", dest="target", type=int, default=None, help="explain this class for every image "
                                                                            "(default: each image's top class)")
     p.add_argument("--topk", type=int, default=None, help="explain each image's k best classes (k rows per image)")
+    p.add_argument("--overlays", default=None, metavar="DIR",
+                   help="also write an overlay PNG per image and target here (the source's sub-folders kept)")
     p.add_argument("--metrics", default="", help="comma-separated faithfulness columns: deletion,insertion (eager)")
     p.add_argument("--size", type=int, default=None, help="input size (default 224, or the graph's / file's own)")
     p.add_argument("--batch-size", type=int, default=16, help="images per explainer call (default 16)")
@@ -63,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     result = explain_dataset(args.source, spec if args.engine == "ray" else explainer, args.out,
                              preprocess=_preprocess(args, size), targets=args.target, topk=args.topk,
                              batch_size=args.batch_size, workers=args.workers, resume=args.resume, metrics=metrics,
-                             rows_per_part=args.rows_per_part, engine=args.engine, actors=args.actors)
+                             rows_per_part=args.rows_per_part, engine=args.engine, actors=args.actors,
+                             overlays=args.overlays)
     print(f"wrote {result.rows} row(s) to {result.out} ({result.images} image(s) in {result.seconds:.1f} s, "
           f"{result.images_per_second:.1f} images/s; {result.errors} unreadable; {result.skipped} already done)")
     if result.errors:

@@ -73,7 +73,8 @@ def explain_dataset(source: str | os.PathLike, explainer: Any, out: str | os.Pat
                     preprocess: Preprocess | None = None, targets: int | None = None, topk: int | None = None,
                     batch_size: int = 16, workers: int = 0, resume: bool = False, metrics: Sequence[str] = (),
                     rows_per_part: int = 256, progress: bool = True, engine: str = "local",
-                    actors: int | None = None, ray_address: str | None = None) -> DatasetRun:
+                    actors: int | None = None, ray_address: str | None = None,
+                    overlays: str | os.PathLike | None = None) -> DatasetRun:
     """Explain every image of ``source`` (a folder, recursively, or a list file) into ``out``, a folder
     of Parquet parts (see the module docstring for the columns).
 
@@ -89,6 +90,8 @@ def explain_dataset(source: str | os.PathLike, explainer: Any, out: str | os.Pat
         engine: ``"local"`` (this process, DataLoader workers) or ``"ray"`` (Ray Data: an actor pool of
             ``actors`` explainers, default the cluster's CPUs, one GPU each where the cluster has GPUs;
             connects to ``ray_address`` or ``RAY_ADDRESS``, else starts a local cluster). Rows are the same.
+        overlays: a folder for one overlay PNG per image and target (``{path}_{target}_{method}.png``,
+            the source's sub-folders kept); written by whichever process explains the image.
     """
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
@@ -103,8 +106,9 @@ def explain_dataset(source: str | os.PathLike, explainer: Any, out: str | os.Pat
     writer = PartsWriter(out, resume=resume)
     files = image_files(source)
     todo = [f for f in files if f.path not in writer.done]
-    options = RowOptions(targets, topk, tuple(metrics))
     preprocess = preprocess or Preprocess()
+    options = RowOptions(targets, topk, tuple(metrics), None if overlays is None else os.path.abspath(overlays),
+                         preprocess)
     if engine == "ray":
         from explainer.dataset.ray_engine import ray_batches
 
@@ -138,14 +142,37 @@ class RowOptions:
     targets: int | None = None
     topk: int | None = None
     metrics: tuple[str, ...] = ()
+    overlays: str | None = None  # a folder for overlay PNGs ({path without suffix}_{target}_{method}.png)
+    preprocess: Preprocess | None = None  # for the overlays' pictures
 
 
 def batch_rows(explainer: Any, batch: dict, options: RowOptions) -> tuple[list[dict], int, int]:
     """``(rows, images explained, unreadable files)`` of one collated batch (:func:`~explainer.dataset.sources.collate`)."""
     rows = [_error_row(path, error, options.metrics) for path, error in batch["failed"]]
     if batch["paths"]:
-        rows += _rows(explainer, batch["images"], batch["paths"], options.targets, options.topk, options.metrics)
+        result = (explainer(batch["images"], options.targets, topk=options.topk) if options.topk is not None
+                  else explainer(batch["images"], options.targets))
+        rows += _rows(explainer, result, batch["images"], batch["paths"], options.metrics)
+        if options.overlays:
+            _write_overlays(result, batch["paths"], batch["files"], options)
     return rows, len(batch["paths"]), len(batch["failed"])
+
+
+def _write_overlays(result: Any, paths: list[str], files: list[str], options: RowOptions) -> None:
+    """One overlay PNG per image and target under ``options.overlays``, mirroring the source's folders."""
+    from explainer.imaging import load_image
+    from explainer.overlay import overlay, save_png
+
+    preprocess = options.preprocess or Preprocess()
+    cams = result.cams if result.cams.ndim == 4 else result.cams[:, None]
+    chosen = result.targets if result.targets.ndim == 2 else result.targets[:, None]
+    assert options.overlays is not None
+    for i, (path, file) in enumerate(zip(paths, files)):
+        view = preprocess.view(load_image(file))
+        stem = os.path.join(options.overlays, os.path.splitext(path.lstrip("/"))[0])
+        os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+        for k in range(chosen.shape[1]):
+            save_png(f"{stem}_{int(chosen[i, k])}_{result.method}.png", overlay(view, cams[i, k].float().cpu().numpy()))
 
 
 def _error_row(path: str, error: str, metrics: Sequence[str]) -> dict:
@@ -153,9 +180,7 @@ def _error_row(path: str, error: str, metrics: Sequence[str]) -> dict:
             "cam": None, "cam_shape": None, "error": error} | {m: None for m in metrics}
 
 
-def _rows(explainer: Any, images: torch.Tensor, paths: list[str], targets: int | None, topk: int | None,
-          metrics: Sequence[str]) -> list[dict]:
-    result = explainer(images, targets, topk=topk) if topk is not None else explainer(images, targets)
+def _rows(explainer: Any, result: Any, images: torch.Tensor, paths: list[str], metrics: Sequence[str]) -> list[dict]:
     maps = result.raw if result.raw is not None else result.cams  # (N, [K,] h, w)
     chosen = result.targets if result.targets.ndim == 2 else result.targets[:, None]  # (N, K)
     maps = maps if maps.ndim == 4 else maps[:, None]

@@ -59,14 +59,14 @@ class DecodedImages(Dataset):
         item = self.files[index]
         try:
             image, _ = self.preprocess(load_image(item.file))
-            return {"path": item.path, "image": image, "error": ""}
+            return {"path": item.path, "file": item.file, "image": image, "error": ""}
         except (OSError, InputError, ValueError) as exc:
-            return {"path": item.path, "image": torch.empty(0), "error": f"{type(exc).__name__}: {exc}"}
+            return {"path": item.path, "file": item.file, "image": torch.empty(0), "error": f"{type(exc).__name__}: {exc}"}
 
 
 def collate(items: list[dict]) -> dict:
-    """A batch: the readable images stacked ``(B, 3, S, S)`` with their paths, and the failures."""
+    """A batch: the readable images stacked ``(B, 3, S, S)`` with their paths (and files), and the failures."""
     good = [i for i in items if not i["error"]]
     return {"images": torch.stack([i["image"] for i in good]) if good else torch.empty(0),
-            "paths": [i["path"] for i in good],
+            "paths": [i["path"] for i in good], "files": [i["file"] for i in good],
             "failed": [(i["path"], i["error"]) for i in items if i["error"]]}
