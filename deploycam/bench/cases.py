@@ -200,7 +200,7 @@ class Workbench:
     def _aoti(self, case, model, layer, x, targets):
         from torch.export import Dim
 
-        path = self._path(case, f"{case.method}.pt2")
+        path = self._path(case, case.method) + ".pt2"  # aoti_load_package wants the suffix
         example = x[:2] if x.shape[0] > 1 else torch.cat([x, x])
         if not os.path.exists(path):
             if case.method == "plain":
