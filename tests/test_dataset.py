@@ -152,3 +152,28 @@ def test_ray_engine_rows_equal_the_local_engine(folder, tmp_path):
             assert np.abs(np.array(row["cam"]) - np.array(other["cam"])).max() <= 1e-5 * max(1.0, max(row["cam"]))
     with pytest.raises(InputError, match="zero-argument function"):
         explain_dataset(folder, spec(), tmp_path / "bad.parquet", engine="ray")
+
+
+def test_a_torch_dataset_is_a_source(tmp_path, explainer):
+    class Frames(torch.utils.data.Dataset):
+        def __init__(self):
+            self.x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+
+        def __len__(self):
+            return 5
+
+        def __getitem__(self, i):
+            if i == 3:
+                raise OSError("sensor dropout")
+            return self.x[i], i % 2  # (image, label) as most datasets return
+
+    run = explain_dataset(Frames(), explainer, tmp_path / "t.parquet", batch_size=2, progress=False)
+    assert (run.rows, run.errors, run.images) == (5, 1, 4)
+    rows = {r["path"]: r for r in read_results(tmp_path / "t.parquet").to_pylist()}
+    assert "sensor dropout" in rows["3"]["error"]
+    direct = explainer(Frames().x[[0, 4]])
+    assert [rows["0"]["target"], rows["4"]["target"]] == direct.targets.tolist()
+    again = explain_dataset(Frames(), explainer, tmp_path / "t.parquet", resume=True, progress=False)
+    assert again.skipped == 5 and again.rows == 0
+    with pytest.raises(InputError, match="local engine without overlays"):
+        explain_dataset(Frames(), explainer, tmp_path / "u.parquet", overlays=tmp_path / "o")

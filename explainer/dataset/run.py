@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
 from tqdm import tqdm
 
 from explainer.dataset.parquet_parts import PartsWriter, _pyarrow
-from explainer.dataset.sources import DecodedImages, collate, image_files
+from explainer.dataset.sources import DecodedImages, TorchDatasetItems, collate, image_files
 from explainer.errors import InputError
 from explainer.imaging import Preprocess
 from explainer.labels import label_of
@@ -69,14 +70,16 @@ def schema(metrics: Sequence[str] = ()):
 ENGINES = ("local", "ray")
 
 
-def explain_dataset(source: str | os.PathLike, explainer: Any, out: str | os.PathLike, *,
+def explain_dataset(source: str | os.PathLike | TorchDataset, explainer: Any, out: str | os.PathLike, *,
                     preprocess: Preprocess | None = None, targets: int | None = None, topk: int | None = None,
                     batch_size: int = 16, workers: int = 0, resume: bool = False, metrics: Sequence[str] = (),
                     rows_per_part: int = 256, progress: bool = True, engine: str = "local",
                     actors: int | None = None, ray_address: str | None = None,
                     overlays: str | os.PathLike | None = None) -> DatasetRun:
-    """Explain every image of ``source`` (a folder, recursively, or a list file) into ``out``, a folder
-    of Parquet parts (see the module docstring for the columns).
+    """Explain every image of ``source`` (a folder, recursively, or a list file; or any torch ``Dataset``
+    whose items are preprocessed image tensors ``(3, S, S)``, alone or first in a tuple, or ``{"image",
+    "path"}`` dicts: ``path`` is the index as text unless given) into ``out``, a folder of Parquet parts
+    (see the module docstring for the columns).
 
     Args:
         explainer: an :class:`~explainer.Explainer` or an exported graph's runtime (``export.load``);
@@ -104,6 +107,17 @@ def explain_dataset(source: str | os.PathLike, explainer: Any, out: str | os.Pat
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be an int >= 1, got {value!r}")
     writer = PartsWriter(out, resume=resume)
+    if isinstance(source, TorchDataset):
+        if engine == "ray" or overlays is not None:
+            raise InputError("a torch Dataset source runs on the local engine without overlays (its items are "
+                             "tensors, not files); give a folder or list file for Ray or overlays")
+        indices = [i for i in range(len(source)) if str(i) not in writer.done]  # type: ignore[arg-type]
+        loader = DataLoader(TorchDatasetItems(source, indices), batch_size=batch_size, num_workers=workers,
+                            collate_fn=collate)
+        options = RowOptions(targets, topk, tuple(metrics))
+        total, todo_count = len(source), len(indices)  # type: ignore[arg-type]
+        batches: Iterator[tuple[list[dict], int, int]] = (batch_rows(explainer, b, options) for b in loader)
+        return _write(batches, writer, metrics, rows_per_part, todo_count, total - todo_count, progress)
     files = image_files(source)
     todo = [f for f in files if f.path not in writer.done]
     preprocess = preprocess or Preprocess()
@@ -117,11 +131,17 @@ def explain_dataset(source: str | os.PathLike, explainer: Any, out: str | os.Pat
         loader = DataLoader(DecodedImages(todo, preprocess), batch_size=batch_size, num_workers=workers,
                             collate_fn=collate)
         batches = (batch_rows(explainer, batch, options) for batch in loader)
+    return _write(batches, writer, metrics, rows_per_part, len(todo), len(files) - len(todo), progress)
+
+
+def _write(batches: Iterator[tuple[list[dict], int, int]], writer: PartsWriter, metrics: Sequence[str],
+           rows_per_part: int, todo: int, skipped: int, progress: bool) -> DatasetRun:
+    """Drain ``batches`` of rows into ``writer``'s parts, with a progress bar; the run's summary."""
     row_schema = schema(metrics)
     pending: list[dict] = []
     errors = images = 0
     start = time.perf_counter()
-    with tqdm(total=len(todo), unit="img", desc="explain-dataset", disable=None if progress else True) as bar:
+    with tqdm(total=todo, unit="img", desc="explain-dataset", disable=None if progress else True) as bar:
         for rows, explained, failed in batches:
             pending += rows
             images += explained
@@ -131,8 +151,7 @@ def explain_dataset(source: str | os.PathLike, explainer: Any, out: str | os.Pat
                 pending = pending[rows_per_part:]
             bar.update(explained + failed)
     writer.write_table(pending, row_schema)
-    return DatasetRun(writer.folder, writer.rows_written, errors, len(files) - len(todo), images,
-                      time.perf_counter() - start)
+    return DatasetRun(writer.folder, writer.rows_written, errors, skipped, images, time.perf_counter() - start)
 
 
 @dataclass(frozen=True)

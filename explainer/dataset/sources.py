@@ -70,3 +70,32 @@ def collate(items: list[dict]) -> dict:
     return {"images": torch.stack([i["image"] for i in good]) if good else torch.empty(0),
             "paths": [i["path"] for i in good], "files": [i["file"] for i in good],
             "failed": [(i["path"], i["error"]) for i in items if i["error"]]}
+
+
+class TorchDatasetItems(Dataset):
+    """Any ``torch.utils.data.Dataset`` as a source: item ``i`` is an image tensor ``(3, S, S)`` already
+    preprocessed, or a tuple / dict whose first entry (or ``"image"``) is one; its ``path`` is ``str(i)``
+    (or the item's ``"path"``). Items that fail to load become error rows."""
+
+    def __init__(self, dataset: Dataset, indices: list[int]) -> None:
+        self.dataset = dataset
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> dict:
+        index = self.indices[position]
+        try:
+            item = self.dataset[index]
+            path = str(index)
+            if isinstance(item, dict):
+                path = str(item.get("path", path))
+                item = item["image"]
+            elif isinstance(item, (tuple, list)):
+                item = item[0]
+            if not isinstance(item, torch.Tensor) or item.ndim != 3:
+                raise InputError(f"dataset item {index} is not an image tensor (3, H, W): {type(item).__name__}")
+            return {"path": path, "file": "", "image": item.float(), "error": ""}
+        except Exception as exc:  # noqa: BLE001 - a user's dataset may raise anything; it becomes a row
+            return {"path": str(index), "file": "", "image": torch.empty(0), "error": f"{type(exc).__name__}: {exc}"}
