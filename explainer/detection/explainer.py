@@ -222,7 +222,7 @@ class DetectionExplainer:
                 cams = torch.zeros(len(found), k, *images.shape[-2:], dtype=images.dtype, device=images.device)
                 for i, count in enumerate(counts):
                     if count:
-                        one = self.parts.prepare(images[i:i + 1])
+                        one = prepared.subset(torch.tensor([i], device=images.device))
                         _, raws = self._maps(one, levels, [per_image[i][:count]], False)
                         cams[i, :count] = combine_levels(raws, one)[0]
         out = []
@@ -302,8 +302,7 @@ class DetectionExplainer:
 
         def head(level_maps: Tensor, rows: Tensor) -> Tensor:
             index = rows.tolist()
-            sub = Prepared(prepared.images[rows], prepared.canvas[rows], [prepared.image_sizes[i] for i in index],
-                           [m[rows] for m in prepared.maps], prepared.names, [b[rows] for b in prepared.body])
+            sub = prepared.subset(rows)
             maps = list(sub.maps)
             maps[level] = level_maps
             found = self.parts.detect(sub, maps)

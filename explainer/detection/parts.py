@@ -45,6 +45,12 @@ class Prepared:
     names: list[str]
     body: list[Tensor]
 
+    def subset(self, rows: Tensor) -> Prepared:
+        """The images ``rows`` (``(B,)`` indices, repeats allowed) of this batch, without re-running the backbone."""
+        index = rows.tolist()
+        return Prepared(self.images[rows], self.canvas[rows], [self.image_sizes[i] for i in index],
+                        [m[rows] for m in self.maps], self.names, [b[rows] for b in self.body])
+
 
 def is_detector(model: nn.Module) -> bool:
     """True for torchvision detectors this module knows how to split."""
