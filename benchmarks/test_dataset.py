@@ -33,7 +33,7 @@ def images(tmp_path_factory):
 def test_dataset_engines(benchmark, images, tmp_path):
     import torch
 
-    from deploycam.cli.dataset_cmd import ExplainerSpec
+    from deploycam.cli.common import ExplainerSpec
     from explainer.dataset import explain_dataset
 
     spec = ExplainerSpec("efficientnet-lite0", None, None, "gradcam", None, None, "nchw", None, "onnxruntime", "cpu",

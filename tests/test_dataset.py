@@ -134,7 +134,7 @@ def test_cli_explain_dataset(folder, tmp_path, capsys):
 def test_ray_engine_rows_equal_the_local_engine(folder, tmp_path):
     """A local Ray cluster (2 CPUs, one explainer actor) gives the rows the local engine gives."""
     pytest.importorskip("ray")
-    from deploycam.cli.dataset_cmd import ExplainerSpec
+    from deploycam.cli.common import ExplainerSpec
 
     spec = ExplainerSpec("resnet18", None, "layer4", "gradcam", None, None, "nchw", None, "onnxruntime", "cpu", 64)
     explain_dataset(folder, spec(), tmp_path / "local.parquet", preprocess=PRE, batch_size=3, progress=False)

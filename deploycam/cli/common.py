@@ -8,7 +8,8 @@ import os
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -173,3 +174,43 @@ def explain_batch(
 def format_classes(classes: Sequence[tuple[int, str, float]]) -> str:
     """``"285 Egyptian cat 0.78, 282 tiger cat 0.10"``."""
     return ", ".join(f"{c} {label} {p:.2f}" for c, label, p in classes)
+
+
+@dataclass(frozen=True)
+class ExplainerSpec:
+    """The explainer the arguments describe, buildable anywhere (picklable: Ray actors call it)."""
+
+    model: str
+    weights: str | None
+    layer: str | None
+    method: str
+    reshape: str | None
+    onnx: str | None
+    input_layout: str
+    runtime: str | None
+    backend: str
+    device: str
+    size: int | None
+
+    def __call__(self) -> Any:
+        return self.build_sized()[0]
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, device: str) -> ExplainerSpec:
+        """The spec of ``--model/--weights/--layer/--method/--reshape``, ``--onnx``, ``--runtime/--backend``."""
+        return cls(args.model, args.weights, args.layer, args.method, args.reshape, args.onnx, args.input_layout,
+                   args.runtime, args.backend, device, args.size)
+
+    def build_sized(self) -> tuple[Any, int]:
+        """``(explainer or runtime, input size)``."""
+        if self.runtime:
+            from export import load
+
+            runtime = load(self.runtime, device=self.device, runtime=self.backend)
+            return runtime, runtime.info.image_size[0]
+        if self.onnx:
+            return onnx_explainer_from_args(argparse.Namespace(**asdict(self)), self.method, self.device)
+        loaded = model_from_args(argparse.Namespace(model=self.model, weights=self.weights))
+        explainer = Explainer(loaded.model.to(self.device), self.layer or loaded.layer, self.method,
+                              reshape=self.reshape or loaded.reshape)
+        return explainer, self.size or 224

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import asdict, dataclass
-from typing import Any
 
 from deploycam.cli.args import add_model_args, add_onnx_args, check_device, check_onnx_file, check_positive
 from explainer.errors import InputError
@@ -57,10 +55,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"no folder or list file at {args.source}")
     device = check_device(args.device)
 
+    from deploycam.cli.common import ExplainerSpec
     from explainer.dataset import explain_dataset
 
-    spec = ExplainerSpec(args.model, args.weights, args.layer, args.method, args.reshape, args.onnx, args.input_layout,
-                         args.runtime, args.backend, device, args.size)
+    spec = ExplainerSpec.from_args(args, device)
     explainer, size = spec.build_sized()
     result = explain_dataset(args.source, spec if args.engine == "ray" else explainer, args.out,
                              preprocess=_preprocess(args, size), targets=args.target, topk=args.topk,
@@ -79,43 +77,3 @@ def _preprocess(args: argparse.Namespace, size: int):
     from deploycam.cli.common import preprocess_for
 
     return preprocess_for(args, size)
-
-
-@dataclass(frozen=True)
-class ExplainerSpec:
-    """The explainer the arguments describe, buildable anywhere (picklable: Ray actors call it)."""
-
-    model: str
-    weights: str | None
-    layer: str | None
-    method: str
-    reshape: str | None
-    onnx: str | None
-    input_layout: str
-    runtime: str | None
-    backend: str
-    device: str
-    size: int | None
-
-    def __call__(self) -> Any:
-        return self.build_sized()[0]
-
-    def build_sized(self) -> tuple[Any, int]:
-        """``(explainer or runtime, input size)``."""
-        from explainer.core import Explainer
-
-        if self.runtime:
-            from export import load
-
-            runtime = load(self.runtime, device=self.device, runtime=self.backend)
-            return runtime, runtime.info.image_size[0]
-        if self.onnx:
-            from deploycam.cli.common import onnx_explainer_from_args
-
-            return onnx_explainer_from_args(argparse.Namespace(**asdict(self)), self.method, self.device)
-        from explainer.models import load_model
-
-        loaded = load_model(self.model, self.weights)
-        explainer = Explainer(loaded.model.to(self.device), self.layer or loaded.layer, self.method,
-                              reshape=self.reshape or loaded.reshape)
-        return explainer, self.size or 224

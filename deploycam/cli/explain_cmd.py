@@ -207,24 +207,13 @@ def explain_video_cmd(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from deploycam.cli.common import model_from_args, onnx_explainer_from_args, preprocess_for
-    from explainer.core import Explainer
+    from deploycam.cli.common import ExplainerSpec, preprocess_for
     from explainer.video import explain_video
 
-    explain: Callable[..., Explanation]
-    if args.runtime:
-        from export import load
-
-        runtime = load(args.runtime, device=device, runtime=args.backend)
-        explain, size, what = runtime, runtime.info.image_size[0], f"{runtime.info.method}, {runtime.backend}"
-    elif args.onnx:
-        explainer, size = onnx_explainer_from_args(args, args.method, device)
-        explain, what = explainer, f"{explainer.method.name} at {explainer.layer}"
-    else:
-        loaded = model_from_args(args)
-        explainer = Explainer(loaded.model.to(device), args.layer or loaded.layer, args.method,
-                              reshape=args.reshape or loaded.reshape)
-        explain, size, what = explainer, args.size or 224, f"{explainer.method.name} at {explainer.layer} of {loaded.name}"
+    explain, size = ExplainerSpec.from_args(args, device).build_sized()
+    info = getattr(explain, "info", None)
+    what = (f"{info.method}, {explain.backend}" if info is not None
+            else f"{explain.method.name} at {explain.layer}")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with tqdm(total=args.max_frames, unit="frame", desc="explain", file=sys.stderr) as bar:
         def progress(frames: int, fps: float) -> None:
