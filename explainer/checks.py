@@ -38,13 +38,28 @@ class DeferredChecks:
         """Register ``ok`` (a 0-d bool tensor, True when fine) and what to raise when it is False."""
         self._items.append((ok.reshape(()), error))
 
+    def __len__(self) -> int:
+        """The number of registered checks."""
+        return len(self._items)
+
     def verify(self) -> None:
         """Read every pending flag (one host-device sync) and raise the first failure, in order added."""
+        flags = self.pending()
+        if flags is not None:
+            try:
+                self.raise_failed(flags.tolist())
+            finally:
+                self._items = []
+
+    def pending(self) -> Tensor | None:
+        """The registered flags stacked into one bool tensor ``(n,)`` (no synchronisation), None if none."""
         if not self._items:
-            return
-        flags = torch.stack([ok.to(self._items[0][0].device) for ok, _ in self._items]).tolist()
-        items, self._items = self._items, []
-        for flag, (_, error) in zip(flags, items):
+            return None
+        return torch.stack([ok.to(self._items[0][0].device) for ok, _ in self._items])
+
+    def raise_failed(self, flags: list[bool]) -> None:
+        """Raise the error of the first False among ``flags`` (values of :meth:`pending`), in order added."""
+        for flag, (_, error) in zip(flags, self._items):
             if not flag:
                 raise error()
 

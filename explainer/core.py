@@ -26,6 +26,7 @@ from explainer.checks import (
     check_output,
     model_device_dtype,
 )
+from explainer.cuda_graphs import GraphedCalls
 from explainer.errors import InputError, MethodError, NonFiniteError
 from explainer.explanation import Explanation
 from explainer.gradients import score_gradients
@@ -34,10 +35,11 @@ from explainer.methods.base import weighted_sum
 from explainer.outputs import OutputKey, select_output
 from explainer.pipeline import finish_maps, unpack_backbone
 from explainer.reshape import Reshape, as_grid, as_grid_batched, as_reshape
-from explainer.scoring import Scorer, Targets, make_scorer
+from explainer.scoring import Scorer, Targets, check_one_of, class_index_tensor, make_scorer
 from explainer.smoothing import aug_smooth as augmented_mean
 from explainer.smoothing import contributions, eigen_smooth
 from explainer.split import LayerSpec, LeafSpec, SplitModel, split_model
+from explainer.targets import is_target_callable
 from explainer.tracing_lock import running
 
 Backbone = Callable[[Tensor], Tensor | Sequence[Tensor]]
@@ -56,6 +58,13 @@ class Explainer:
 
     Put the model in ``eval()`` mode first: in training mode batch norm mixes the
     images of a batch and dropout is random (a warning says so).
+
+    ``cuda_graphs=True``: calls on CUDA inputs with a gradient or activation method and class
+    targets are recorded once per input shape and target form as a CUDA graph and replayed
+    afterwards (one launch instead of hundreds: the GPU's launch overhead is what makes small
+    batches cost more than inference). The maps are the eager ones; other calls (CPU inputs,
+    perturbation methods, target callables, ``eigen_smooth``) run eagerly. See
+    :mod:`explainer.cuda_graphs`.
 
     Example::
 
@@ -85,11 +94,12 @@ class Explainer:
         progress: bool = True,
         output_key: OutputKey = None,
         reshape: str | Reshape | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}; use Explainer.from_parts for callables")
         self._setup(method, batch_size, max_channels, progress, output_key, reshape, model=model,
-                    target_layer=target_layer, leaf_modules=tuple(leaf_modules))
+                    target_layer=target_layer, leaf_modules=tuple(leaf_modules), cuda_graphs=cuda_graphs)
 
     @classmethod
     def from_parts(
@@ -105,6 +115,7 @@ class Explainer:
         progress: bool = True,
         output_key: OutputKey = None,
         reshape: str | Reshape | None = None,
+        cuda_graphs: bool = False,
     ) -> Explainer:
         """An explainer from two callables, for models torch.fx cannot trace.
 
@@ -115,17 +126,21 @@ class Explainer:
         """
         self = cls.__new__(cls)
         self._setup(method, batch_size, max_channels, progress, output_key, reshape, parts=(backbone, head),
-                    layer=layer, in_channels=in_channels)
+                    layer=layer, in_channels=in_channels, cuda_graphs=cuda_graphs)
         return self
 
     def _setup(self, method: str | CamMethod, batch_size: int | None, max_channels: int | None, progress: bool,
                output_key: OutputKey, reshape: str | Reshape | None, *, model: nn.Module | None = None,
                target_layer: LayerSpec = "", leaf_modules: tuple[LeafSpec, ...] = (),
                parts: tuple[Backbone, Head] | None = None, layer: str = "activations",
-               in_channels: int | None = None) -> None:
+               in_channels: int | None = None, cuda_graphs: bool = False) -> None:
         """The one constructor: checks the options, splits ``model`` (or takes ``parts``), checks the method."""
         if not isinstance(progress, bool):
             raise MethodError(f"progress must be True or False, got {progress!r}")
+        if not isinstance(cuda_graphs, bool):
+            raise MethodError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
+        #: recorded CUDA graphs of whole calls (see explainer.cuda_graphs); None: every call runs eagerly
+        self._graphs = GraphedCalls() if cuda_graphs else None
         self._options = {"batch_size": batch_size, "max_channels": max_channels}  # None: the method's own
         self.method = get_method(method).with_options(**self._options)
         self.progress = progress
@@ -199,6 +214,7 @@ class Explainer:
         other.__dict__.update(self.__dict__)
         other._lock = threading.Lock()
         other._splits = dict(self._splits)
+        other._graphs = None if self._graphs is None else self._graphs.empty_copy()  # graphs hold the method
         other.method = get_method(method).with_options(**self._options)
         check_method_fits(other.method, other._head, other.layer, other.reshape)
         return other
@@ -298,17 +314,69 @@ class Explainer:
         check_grad_mode()
         backbone, head = self._parts()  # may trace (train/eval switch): before the shared run lock
         with running():
+            graphed = self._graphed_maps(backbone, head, x, targets, topk, eigen)
+            if graphed is not None:
+                return graphed
             return self._run_parts(backbone, head, x, targets, topk, eigen)
+
+    @property
+    def cuda_graphs(self) -> bool:
+        """Whether calls on CUDA inputs replay recorded CUDA graphs (see :mod:`explainer.cuda_graphs`)."""
+        return self._graphs is not None
+
+    def _graphed_maps(self, backbone: Backbone, head: Head, x: Tensor, targets: Targets | Scorer, topk: int | None,
+                      eigen: bool) -> tuple[Tensor, Scorer, Tensor, Tensor] | None:
+        """:meth:`_run_parts` replayed from a recorded CUDA graph, or None where calls run eagerly: no
+        ``cuda_graphs``, inputs not on the graphs' device, a perturbation method (host-side loops),
+        ``eigen_smooth``, target callables, a model in training mode, or a signature that could not be
+        recorded."""
+        graphs = self._graphs
+        if (graphs is None or eigen or not self.method.exportable or not isinstance(x, Tensor)
+                or x.device.type != graphs.device_type or (self._model is not None and self._model.training)):
+            return None
+        if isinstance(targets, Scorer):
+            if targets.indices is None:
+                return None
+            given, keep_k = targets.indices, targets.keep_k
+        elif targets is None:
+            given, keep_k = None, topk is not None
+        elif is_target_callable(targets):
+            return None
+        else:
+            check_one_of(targets, topk)
+            given, keep_k = class_index_tensor(targets, x.shape[0])
+            given = given.to(x.device, torch.long)
+
+        def record(images: Tensor, chosen: Tensor | None) -> tuple[tuple[Tensor, ...], DeferredChecks]:
+            checks = DeferredChecks()
+            output, scorer, raw, cams = self._run_parts(backbone, head, images, chosen, topk, False, checks)
+            return (output, scorer.labels(images.shape[0], images.device), raw, cams), checks
+
+        signature = (tuple(x.shape), x.dtype, x.device, None if given is None else tuple(given.shape), topk,
+                     self._weights_address())
+        outputs = graphs(signature, record, x, given)
+        if outputs is None:
+            return None
+        output, labels, raw, cams = outputs
+        return output, Scorer(labels, None, keep_k), raw, cams
+
+    def _weights_address(self) -> int:
+        """The first parameter's address: a moved model or replaced parameters get a new CUDA graph."""
+        owner = self._model if self._model is not None else self._head
+        first = next(owner.parameters(), None) if isinstance(owner, nn.Module) else None
+        return 0 if first is None else first.data_ptr()
 
     def _select(self, output: object) -> Tensor:
         return select_output(output, self.output_key)
 
     def _run_parts(self, backbone: Backbone, head: Head, x: Tensor, targets: Targets | Scorer, topk: int | None,
-                   eigen: bool) -> tuple[Tensor, Scorer, Tensor, Tensor]:
+                   eigen: bool, checks: DeferredChecks | None = None) -> tuple[Tensor, Scorer, Tensor, Tensor]:
+        """One batch through backbone, head, gradient and method. Value checks are read with one
+        synchronisation at the end, or, with ``checks`` (a recorded CUDA graph), left there unread."""
         device, dtype = model_device_dtype(head) if isinstance(head, nn.Module) else (None, None)
         if device is None and isinstance(backbone, nn.Module):
             device, dtype = model_device_dtype(backbone)
-        deferred = DeferredChecks()  # value checks, read with one sync at the end (see explainer.checks)
+        deferred = DeferredChecks() if checks is None else checks  # see explainer.checks
         check_input(x, device, dtype, self._in_channels, deferred)
 
         image_hw = (x.shape[-2], x.shape[-1])
@@ -353,7 +421,8 @@ class Explainer:
             f"{self.method.name} produced NaN/inf values at {self.layer!r} (the activations or gradients "
             "overflowed); check the model's weights and dtype"))
         cams = finish_maps(raw, x.shape[-2], x.shape[-1])
-        deferred.verify()  # the call's one host-device synchronisation, after all its work is queued
+        if checks is None:
+            deferred.verify()  # the call's one host-device synchronisation, after all its work is queued
         return output.detach(), scorer, raw.detach(), cams.detach()
 
     def _grad_hint(self) -> str:

@@ -22,6 +22,43 @@ Targets = (None | int | Sequence[int] | Sequence[Sequence[int]] | Tensor | np.nd
            | Callable[[Tensor], Tensor] | Sequence[Callable[..., Tensor]])
 
 
+def class_index_tensor(targets: Targets, n: int, num_classes: int | None = None) -> tuple[Tensor, bool]:
+    """Class indices given as an int, N ints or an ``(N, K)`` form -> ``(N, K)`` integer tensor (on the
+    device they were given on; CPU for Python values) and whether K is the user's. Checks the form
+    (type, dtype, rank, batch), not the range; :func:`resolve_targets` checks that.
+    """
+    classes = f"[0, {num_classes})" if num_classes is not None else "the model's class range"
+    range_hint = (f"the model has {num_classes} classes, so targets must be in [0, {num_classes})"
+                  if num_classes is not None else "targets must be in the model's class range")
+    if isinstance(targets, bool) or isinstance(targets, (float, str)) or targets is None:
+        raise TargetError(f"targets must be None, an int, N ints or an (N, K) int tensor; got {targets!r}")
+    if isinstance(targets, numbers.Integral):
+        if not -(2**63) <= int(targets) < 2**63:
+            raise TargetError(f"target class {targets} is out of range: {range_hint}")
+        t = torch.full((n, 1), int(targets), dtype=torch.long)
+        given_k = False
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(targets) if not isinstance(targets, Tensor) else targets)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise TargetError(f"targets could not be read as class indices in {classes}: {exc}") from exc
+        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+            raise TargetError(f"targets must hold integer class indices, got dtype {t.dtype}")
+        given_k = t.ndim == 2
+        if t.ndim == 0:
+            t = t.reshape(1, 1).expand(n, 1)
+        elif t.ndim == 1:
+            if t.shape[0] != n:
+                raise TargetError(f"got {t.shape[0]} targets for a batch of {n} images; give one per image or a single int")
+            t = t.unsqueeze(1)
+        elif t.ndim == 2:
+            if t.shape[0] != n or t.shape[1] == 0:
+                raise TargetError(f"targets of shape {tuple(t.shape)} do not fit a batch of {n}: expected (N={n}, K>=1)")
+        else:
+            raise TargetError(f"targets must be (N,) or (N, K); got shape {tuple(t.shape)}")
+    return t, given_k
+
+
 def resolve_targets(targets: Targets, logits: Tensor, deferred=None) -> tuple[Tensor, bool]:
     """Class indices ``(N, K)`` (long, on the logits' device) and whether K is the user's.
 
@@ -38,40 +75,13 @@ def resolve_targets(targets: Targets, logits: Tensor, deferred=None) -> tuple[Te
     n, num_classes = logits.shape
     if targets is None:
         return logits.detach().argmax(dim=1, keepdim=True), False
-    if isinstance(targets, bool) or isinstance(targets, (float, str)):
-        raise TargetError(f"targets must be None, an int, N ints or an (N, K) int tensor; got {targets!r}")
-    if isinstance(targets, numbers.Integral):
-        if not -(2**63) <= int(targets) < 2**63:
-            raise TargetError(f"target class {targets} is out of range: the model has {num_classes} classes, "
-                              f"so targets must be in [0, {num_classes})")
-        t = torch.full((n, 1), int(targets), dtype=torch.long)
-        given_k = False
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(targets) if not isinstance(targets, Tensor) else targets)
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise TargetError(f"targets could not be read as class indices in [0, {num_classes}): {exc}") from exc
-        if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-            raise TargetError(f"targets must hold integer class indices, got dtype {t.dtype}")
-        given_k = t.ndim == 2
-        if t.ndim == 0:
-            t = t.reshape(1, 1).expand(n, 1)
-        elif t.ndim == 1:
-            if t.shape[0] != n:
-                raise TargetError(f"got {t.shape[0]} targets for a batch of {n} images; give one per image or a single int")
-            t = t.unsqueeze(1)
-        elif t.ndim == 2:
-            if t.shape[0] != n or t.shape[1] == 0:
-                raise TargetError(f"targets of shape {tuple(t.shape)} do not fit a batch of {n}: expected (N={n}, K>=1)")
-        else:
-            raise TargetError(f"targets must be (N,) or (N, K); got shape {tuple(t.shape)}")
+    t, given_k = class_index_tensor(targets, n, num_classes)
     bad = (t < 0) | (t >= num_classes)
 
     def error(given: Tensor = t) -> TargetError:  # bound now: t is clamped below when the check is deferred
-        return TargetError(
-            f"target class {int(given[bad][0])} is out of range: the model has {num_classes} classes, "
-            f"so targets must be in [0, {num_classes})"
-        )
+        first_bad = int(given[(given < 0) | (given >= num_classes)][0])  # from the values at raise time
+        return TargetError(f"target class {first_bad} is out of range: the model has {num_classes} classes, "
+                           f"so targets must be in [0, {num_classes})")
 
     if deferred is not None and t.device.type != "cpu":
         deferred.add(~bad.any(), error)
@@ -80,7 +90,6 @@ def resolve_targets(targets: Targets, logits: Tensor, deferred=None) -> tuple[Te
         raise error()
     # clone: a tensor made under torch.inference_mode cannot be saved for backward (gather saves it)
     return t.to(device=logits.device, dtype=torch.long).clone(), given_k
-
 
 
 class Scorer:

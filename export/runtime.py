@@ -23,6 +23,7 @@ from explainer.targets import is_target_callable
 from explainer.tracing_lock import running
 from export.detection_graph import is_detector_graph
 from export.onnx_graph import METADATA_KEY
+from export.ort_binding import BoundRun
 from export.parts import GraphInfo
 from export.torchscript import METADATA_FILE
 
@@ -103,16 +104,23 @@ class GraphRuntime:
 
 
 class OnnxRuntimeExplainer(GraphRuntime):
-    """An ``.onnx`` explanation run by ONNX Runtime."""
+    """An ``.onnx`` explanation run by ONNX Runtime.
+
+    ``io_binding``: inputs and outputs bound to torch tensors on the session's device (None: on for
+    CUDAExecutionProvider, whose results then stay on the GPU as CUDA tensors); ``cuda_graph``: ONNX
+    Runtime records the graph as a CUDA graph per input shape and replays it (CUDAExecutionProvider
+    only). See :mod:`export.ort_binding`.
+    """
 
     def __init__(self, path: str, device: str = "cpu", providers: Sequence[str | tuple[str, dict]] | None = None,
-                 strict: bool = False, threads: int | None = None, spin: bool = True) -> None:
+                 strict: bool = False, threads: int | None = None, spin: bool = True,
+                 io_binding: bool | None = None, cuda_graph: bool = False) -> None:
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise ExportError("running .onnx files needs onnxruntime: pip install 'deploycam[onnx]' "
                               "(or 'deploycam[gpu]' for onnxruntime-gpu)") from exc
-        wanted = list(providers) if providers else (
+        wanted: list[str | tuple[str, dict]] = list(providers) if providers else (
             ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
         )
         available = ort.get_available_providers()
@@ -124,10 +132,19 @@ class OnnxRuntimeExplainer(GraphRuntime):
                 raise ExportError(message)
             warnings.warn(message + "; falling back to CPUExecutionProvider", RuntimeWarning, stacklevel=3)
             wanted = [p for p in wanted if _provider_name(p) in available] or ["CPUExecutionProvider"]
+        if cuda_graph:
+            if _provider_name(wanted[0]) != "CUDAExecutionProvider":
+                raise ExportError("cuda_graph=True needs ONNX Runtime's CUDAExecutionProvider (onnxruntime-gpu and "
+                                  f"device='cuda'); this session would run on {_provider_name(wanted[0])}")
+            name, cuda_options = wanted[0] if isinstance(wanted[0], tuple) else (wanted[0], {})
+            wanted[0] = (name, {**cuda_options, "enable_cuda_graph": "1"})
         options = session_options(threads, spin)
         try:
             self.session = ort.InferenceSession(path, sess_options=options, providers=wanted)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            if cuda_graph and "graph" in str(exc).lower():
+                raise ExportError(f"ONNX Runtime cannot record {path} as a CUDA graph (every node must run on its "
+                                  f"CUDA provider): {exc}; load it without cuda_graph") from exc
             raise ExportError(f"{path} is not an ONNX model ONNX Runtime can load: {exc}") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
         if METADATA_KEY not in meta:
@@ -138,14 +155,30 @@ class OnnxRuntimeExplainer(GraphRuntime):
         self.device = "cuda" if self.provider == "CUDAExecutionProvider" else "cpu"
         self._input_name = self.session.get_inputs()[0].name
         self._has_target = any(i.name == "target" for i in self.session.get_inputs())
+        if io_binding is None:
+            io_binding = self.device == "cuda"
+        bound_device = torch.device("cuda", _cuda_device_id(wanted[0])) if self.device == "cuda" else torch.device("cpu")
+        self._bound = BoundRun(self.session, bound_device, cuda_graph) if io_binding or cuda_graph else None
 
     def _run(self, x: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:
+        if self._bound is not None:
+            return self._run_bound(x, target)
         feed = {self._input_name: x.detach().cpu().numpy()}
         if self._has_target:  # a real graph input: -1 (argmax) when the caller gives none
             feed["target"] = (np.full(x.shape[0], -1, dtype=np.int64) if target is None
                               else target.cpu().numpy().astype(np.int64))
         logits, cam = self.session.run(["logits", "cam"], feed)
         return torch.from_numpy(logits), torch.from_numpy(cam)
+
+    def _run_bound(self, x: Tensor, target: Tensor | None) -> tuple[Tensor, Tensor]:
+        assert self._bound is not None
+        n = x.shape[0]
+        spatial = tuple(x.shape[1:3]) if self.info.input_layout == "nhwc" else tuple(x.shape[2:])
+        inputs = {self._input_name: x.detach()}
+        if self._has_target:
+            inputs["target"] = torch.full((n,), -1, dtype=torch.long) if target is None else target.to(torch.long)
+        out = self._bound(inputs, {"logits": (n, self.info.num_classes), "cam": (n, *spatial)})
+        return out["logits"], out["cam"]
 
 
 def session_options(threads: int | None = None, spin: bool = True):
@@ -160,6 +193,11 @@ def session_options(threads: int | None = None, spin: bool = True):
     if not spin:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
+
+
+def _cuda_device_id(provider: str | tuple[str, dict]) -> int:
+    """The ``device_id`` option of a CUDAExecutionProvider entry (0 when not given)."""
+    return int(provider[1].get("device_id", 0)) if isinstance(provider, tuple) else 0
 
 
 def _provider_name(provider: str | tuple[str, dict]) -> str:
@@ -247,7 +285,7 @@ ONNX_RUNTIMES = ("onnxruntime", "openvino", "opencv")
 
 def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str | tuple[str, dict]] | None = None,
          strict: bool = False, threads: int | None = None, spin: bool = True, runtime: str = "onnxruntime",
-         verify: bool = True) -> GraphRuntime:
+         verify: bool = True, io_binding: bool | None = None, cuda_graph: bool = False) -> GraphRuntime:
     """Open an exported explanation.
 
     Args:
@@ -266,6 +304,10 @@ def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str |
             CPU); see :mod:`export.engines`.
         verify: OpenVINO / OpenCV: check the engine against ONNX Runtime on a random batch when opening
             the file, and raise :class:`ExportError` if it computes the graph wrongly.
+        io_binding: ONNX Runtime: bind inputs and outputs to torch tensors on the session's device
+            (None: on for the CUDA provider, whose results then stay on the GPU).
+        cuda_graph: ONNX Runtime's CUDA provider records and replays CUDA graphs (one per input shape);
+            :class:`ExportError` on any other provider. See :mod:`export.ort_binding`.
 
     Raises FileNotFoundError for a missing file and :class:`ExportError` for a file
     that is not an exported explanation.
@@ -290,5 +332,5 @@ def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str |
             raise ExportError(f"{path} is a detector explanation: open it with export.load_detector(path)")
         return TorchScriptExplainer(path, device)
     if path.endswith(".onnx") or not path.endswith((".pt", ".ts", ".pth")):
-        return OnnxRuntimeExplainer(path, device, providers, strict, threads, spin)
+        return OnnxRuntimeExplainer(path, device, providers, strict, threads, spin, io_binding, cuda_graph)
     raise ExportError(f"{path} is not a TorchScript archive (not a zip file)")

@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from deploycam.bench.cases import EAGER_METHODS, EXPORTED_RUNTIMES, MODELS, PEERS, Case, all_cases
+from deploycam.bench.cases import CUDA_RUNTIMES, EAGER_METHODS, EXPORTED_RUNTIMES, MODELS, PEERS, Case, all_cases
 from deploycam.bench.report import table, write_json, write_png
 from deploycam.bench.runner import Result, _relate
 from deploycam.cli import main
@@ -22,6 +22,28 @@ def test_matrix_has_floors_for_every_case():
     assert Case("resnet50", 1, "cpu", "onnxruntime", "gradcam").floor.runtime == "onnxruntime"
     assert Case("resnet50", 1, "cpu", "openvino", "gradcam").floor.runtime == "openvino"
     assert {c.runtime for c in all_cases(runtimes=["aoti"])} == {"eager", "aoti", *PEERS}
+
+
+def test_cuda_graph_runtimes_are_cases_on_cuda_only():
+    runtimes = EXPORTED_RUNTIMES + CUDA_RUNTIMES
+    assert not {c.runtime for c in all_cases(runtimes=runtimes)} & set(CUDA_RUNTIMES)  # CPU: none
+    cuda = all_cases(["resnet50"], [1], ["cuda"], peers=False, runtimes=runtimes)
+    graphed = [c for c in cuda if c.runtime == "eager-graphs"]
+    assert [c.method for c in graphed] == ["gradcam"]  # compared with eager inference: no plain row of its own
+    assert graphed[0].floor == Case("resnet50", 1, "cuda", "eager", "plain")
+    ort = [c for c in cuda if c.runtime == "onnxruntime-graphs"]
+    assert [c.method for c in ort] == ["plain", "gradcam"] and ort[1].floor == ort[0]
+    assert all(c.floor in cuda for c in cuda)
+
+
+def test_cuda_graph_runtimes_are_unavailable_on_the_cpu(tmp_path):
+    from deploycam.bench.cases import Unavailable, Workbench
+
+    bench = Workbench(str(tmp_path))
+    for runtime in CUDA_RUNTIMES:
+        with pytest.raises(Unavailable, match="CUDA"):  # before any model is built
+            getattr(bench, "_" + runtime.replace("-", "_"))(Case("resnet50", 1, "cpu", runtime, "gradcam"),
+                                                            None, "layer4", None, None)
 
 
 def fake_results():
@@ -75,6 +97,7 @@ def test_cli_model_list_matches_the_bench_cases():
     from deploycam.cli.bench_cmd import BENCH_MODELS
 
     assert tuple(MODELS) == BENCH_MODELS
+    from deploycam.cli.bench_cmd import CUDA_RUNTIMES as CLI_CUDA_RUNTIMES
     from deploycam.cli.bench_cmd import EXPORTED_RUNTIMES as CLI_RUNTIMES
 
-    assert CLI_RUNTIMES == EXPORTED_RUNTIMES
+    assert CLI_RUNTIMES == EXPORTED_RUNTIMES and CLI_CUDA_RUNTIMES == CUDA_RUNTIMES

@@ -215,5 +215,32 @@ def test_onnx_runtime_cuda_provider_matches_eager(tmp_path):
     assert runtime.backend == "onnxruntime/CUDAExecutionProvider"
     eager = gpu(x, [1, 2, 3])
     result = runtime(x, [1, 2, 3])
-    assert float((result.cams - eager.cams.cpu()).abs().max()) <= 1e-4
-    assert torch.allclose(result.logits, eager.logits.cpu(), rtol=1e-4, atol=1e-4)
+    assert result.cams.is_cuda and result.logits.is_cuda  # IO binding: the maps stay on the GPU
+    assert float((result.cams - eager.cams).abs().max()) <= 1e-4
+    assert torch.allclose(result.logits, eager.logits, rtol=1e-4, atol=1e-4)
+    # ONNX Runtime's CUDA graphs: recorded per input shape, replayed with new inputs
+    graphed = export.load(tmp_path / "g.onnx", providers=[("CUDAExecutionProvider", {"use_tf32": 0}),
+                                                          "CPUExecutionProvider"], strict=True, cuda_graph=True)
+    for seed in (1, 2, 3):
+        x = images(3, seed=seed).cuda()
+        eager, result = gpu(x, [1, 2, 3]), graphed(x, [1, 2, 3])
+        assert float((result.cams - eager.cams).abs().max()) <= 1e-4
+    assert graphed(x[:2]).cams.shape == (2, 64, 64)  # a second shape: its own graph
+
+
+def test_aoti_package_compiled_for_cuda_matches_eager(tmp_path):
+    """An AOTInductor package compiled from a CUDA example runs on the GPU (and refuses the CPU)."""
+    from explainer.errors import ExportError
+
+    _, gpu = pair("resnet18", "layer3", "gradcam")
+    x = images(3).cuda()
+    export.to_aoti(gpu, tmp_path / "g.pt2", x[:2])
+    runtime = export.load(tmp_path / "g.pt2", device="cuda")
+    assert runtime.backend == "aoti/cuda"
+    for targets in (None, [1, 2, 3]):
+        eager, result = gpu(x, targets), runtime(x, targets)
+        assert result.cams.is_cuda
+        assert float((result.cams - eager.cams).abs().max()) <= 1e-4
+        assert torch.equal(result.targets.cpu(), eager.targets.cpu())
+    with pytest.raises(ExportError, match="compiled for cuda"):
+        export.load(tmp_path / "g.pt2", device="cpu")

@@ -165,6 +165,24 @@ def test_missing_cuda_provider_falls_back_or_raises(files):
         export.load(files / "full.onnx", device="cuda", strict=True)
 
 
+@pytest.mark.parametrize("part", ["full", "head"])
+def test_io_binding_equals_numpy_feeds(files, explainer, part):
+    """IO binding (torch tensors bound in place; the default on CUDA) gives the numpy run's numbers,
+    every target form included; ONNX Runtime's CUDA graphs are refused clearly without its CUDA provider."""
+    plain = export.load(files / f"{part}.onnx")
+    bound = export.load(files / f"{part}.onnx", io_binding=True)
+    assert bound._bound is not None and plain._bound is None
+    x = torch.randn(3, 3, 64, 64)
+    if part == "head":
+        x = explainer.backbone(x)[0] if isinstance(explainer.backbone(x), tuple) else explainer.backbone(x)
+    for targets, topk in ((None, None), ([1, 2, 3], None), ([[1, 2], [3, 4], [5, 6]], None), (None, 2)):
+        a, b = plain(x, targets, topk=topk), bound(x, targets, topk=topk)
+        assert torch.equal(a.targets, b.targets) and a.cams.shape == b.cams.shape
+        assert float((a.cams - b.cams).abs().max()) == 0.0 and torch.equal(a.logits, b.logits)
+    with pytest.raises(ExportError, match="cuda_graph=True needs ONNX Runtime's CUDAExecutionProvider"):
+        export.load(files / f"{part}.onnx", cuda_graph=True)
+
+
 def test_cli_export_and_explain_with_runtime(tmp_path, photos, capsys):
     from explainer.overlay import save_png
 

@@ -29,10 +29,14 @@ PEERS = {
     "torchcam": ("gradcam",),
     "captum": ("gradcam",),
 }
-#: runtimes that are deploycam itself, each compared with its own plain inference (peers: with eager).
-OWN_RUNTIMES = ("eager", "torchscript", "onnxruntime", "aoti", "openvino", "opencv")
+#: runtimes that are deploycam itself, each compared with its own plain inference (peers and
+#: eager-graphs: with eager's, the inference users run today).
+OWN_RUNTIMES = ("eager", "torchscript", "onnxruntime", "aoti", "openvino", "opencv", "onnxruntime-graphs")
 #: the exported runtimes (plain and Grad-CAM cases each); AOTInductor compiles for about a minute per file
 EXPORTED_RUNTIMES = ("torchscript", "onnxruntime", "aoti", "openvino", "opencv")
+#: runtimes that exist on a GPU only: the eager explainer with cuda_graphs=True (Grad-CAM, against eager
+#: inference) and ONNX Runtime's CUDA graphs (plain and Grad-CAM, IO-bound CUDA tensors)
+CUDA_RUNTIMES = ("eager-graphs", "onnxruntime-graphs")
 IMAGE_SIZE = 224
 
 
@@ -69,12 +73,14 @@ def all_cases(models: Iterable[str] = MODELS, batches: Iterable[int] = (1, 8), d
     """Every case of the matrix, floors first within each (model, batch, device); ``runtimes``: the
     exported runtimes to include (eager always is)."""
     out = []
-    runtimes = [rt for rt in EXPORTED_RUNTIMES if rt in set(runtimes)]
+    runtimes = [rt for rt in EXPORTED_RUNTIMES + CUDA_RUNTIMES if rt in set(runtimes)]
     for model in models:
         for batch in batches:
             for device in devices:
+                here = [rt for rt in runtimes if rt not in CUDA_RUNTIMES or device.startswith("cuda")]
                 out += [Case(model, batch, device, "eager", m) for m in ("plain", *EAGER_METHODS)]
-                out += [Case(model, batch, device, rt, m) for rt in runtimes for m in ("plain", "gradcam")]
+                out += [Case(model, batch, device, rt, m) for rt in here for m in ("plain", "gradcam")
+                        if not (rt == "eager-graphs" and m == "plain")]
                 if peers:
                     out += [Case(model, batch, device, peer, m) for peer, methods in PEERS.items() for m in methods]
     return out
@@ -144,6 +150,12 @@ class Workbench:
         explainer = Explainer(model, layer, case.method)
         return lambda: explainer(x, targets)
 
+    def _eager_graphs(self, case, model, layer, x, targets):
+        if not case.device.startswith("cuda"):
+            raise Unavailable("CUDA graphs need a CUDA device")
+        explainer = Explainer(model, layer, case.method, cuda_graphs=True)
+        return lambda: explainer(x, targets)
+
     def _torchscript(self, case, model, layer, x, targets):
         from export.torchscript import script_module
 
@@ -166,22 +178,44 @@ class Workbench:
 
         return lambda: module(x, targets)  # grad mode on: the graph computes a gradient
 
-    def _onnxruntime(self, case, model, layer, x, targets):
+    def _onnxruntime(self, case, model, layer, x, targets, cuda_graph: bool = False):
+        """On CUDA, plain and explanation alike read and write CUDA tensors through IO binding."""
         try:
             import onnxruntime as ort
         except ImportError as exc:
             raise Unavailable("onnxruntime is not installed") from exc
+        from export.ort_binding import BoundRun
         from export.runtime import session_options
 
-        provider = "CUDAExecutionProvider" if case.device.startswith("cuda") else "CPUExecutionProvider"
+        cuda = case.device.startswith("cuda")
+        provider = "CUDAExecutionProvider" if cuda else "CPUExecutionProvider"
         if provider not in ort.get_available_providers():
             raise Unavailable(f"ONNX Runtime lacks {provider} (install onnxruntime-gpu)")
+        if cuda_graph and not cuda:
+            raise Unavailable("ONNX Runtime's CUDA graphs need a CUDA device")
         path = self._onnx_file(case, model, layer)
-        session = ort.InferenceSession(path, session_options(torch.get_num_threads(), spin=False), providers=[provider])
-        feed = {"input": x.cpu().numpy()}
+        providers = [(provider, {"enable_cuda_graph": "1"})] if cuda_graph else [provider]
+        session = ort.InferenceSession(path, session_options(torch.get_num_threads(), spin=False), providers=providers)
+        if not cuda:
+            feed = {"input": x.cpu().numpy()}
+            if case.method != "plain":
+                feed["target"] = targets.cpu().numpy()
+            return lambda: session.run(None, feed)
+        run = BoundRun(session, torch.device(case.device), cuda_graph)
+        inputs = {"input": x} | ({} if case.method == "plain" else {"target": targets})
+        outputs: dict[str, tuple[int, ...]] = {"logits": (x.shape[0], self._classes(case))}
         if case.method != "plain":
-            feed["target"] = targets.cpu().numpy()
-        return lambda: session.run(None, feed)
+            outputs["cam"] = (x.shape[0], IMAGE_SIZE, IMAGE_SIZE)
+        return lambda: run(inputs, outputs)
+
+    def _onnxruntime_graphs(self, case, model, layer, x, targets):
+        return self._onnxruntime(case, model, layer, x, targets, cuda_graph=True)
+
+    def _classes(self, case) -> int:
+        """The model's number of classes (its logits' width)."""
+        x, _ = self.inputs(case)
+        with torch.no_grad():
+            return int(self.model(case.model, case.device)(x[:1]).shape[1])
 
     def _onnx_file(self, case, model, layer) -> str:
         """The case's ONNX file (plain model or explanation), exported once per workdir."""

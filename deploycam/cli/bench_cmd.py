@@ -12,8 +12,9 @@ from deploycam.cli.args import check_device, check_output_dir, check_positive
 #: the models --models accepts: deploycam.bench.cases.MODELS's keys, listed here so --help needs no torch
 #: (tests/test_bench.py checks the two agree)
 BENCH_MODELS = ("resnet50", "mobilenet_v3_large", "vgg16", "efficientnet-lite0")
-#: deploycam.bench.cases.EXPORTED_RUNTIMES, listed here for the same reason
+#: deploycam.bench.cases.EXPORTED_RUNTIMES and CUDA_RUNTIMES, listed here for the same reason
 EXPORTED_RUNTIMES = ("torchscript", "onnxruntime", "aoti", "openvino", "opencv")
+CUDA_RUNTIMES = ("eager-graphs", "onnxruntime-graphs")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,8 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="EfficientNet-Lite0 and ResNet-50, batch 1, fewer rounds, no memory (30 s on 2 quiet cores, exports included)")
     p.add_argument("--rounds", type=int, default=None, help="timed runs per case (median reported)")
     p.add_argument("--no-peers", action="store_true", help="skip pytorch-grad-cam, torchcam and Captum")
-    p.add_argument("--runtimes", nargs="+", default=None, choices=EXPORTED_RUNTIMES, metavar="RUNTIME",
-                   help=f"exported runtimes to time besides eager (default all: {', '.join(EXPORTED_RUNTIMES)}; "
+    p.add_argument("--runtimes", nargs="+", default=None, choices=EXPORTED_RUNTIMES + CUDA_RUNTIMES, metavar="RUNTIME",
+                   help=f"runtimes to time besides eager (default all: {', '.join(EXPORTED_RUNTIMES)}, and on CUDA "
+                        f"{', '.join(CUDA_RUNTIMES)}: CUDA graphs of the eager explainer and of ONNX Runtime; "
                         "--quick: all but aoti, whose packages compile for about a minute each)")
     p.add_argument("--no-memory", action="store_true", help="skip peak-memory measurement (a subprocess per case)")
     p.add_argument("--out", default=".", help="directory for bench.json and bench.png")
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     batches = args.batches or ([1] if args.quick else [1, 8])
     rounds = args.rounds or (5 if args.quick else 15)
     memory = not (args.no_memory or args.quick)
-    runtimes = args.runtimes or [rt for rt in EXPORTED_RUNTIMES if not (args.quick and rt == "aoti")]
+    runtimes = args.runtimes or [rt for rt in EXPORTED_RUNTIMES + CUDA_RUNTIMES if not (args.quick and rt == "aoti")]
     cases = all_cases(models, batches, [device], peers=not args.no_peers, runtimes=runtimes)
     env = environment()
     print(f"{len(cases)} cases, {rounds} rounds each, torch {env['torch']}, {env['threads']} threads, "
