@@ -90,6 +90,14 @@ class Preprocess:
         std = torch.tensor(self.std).view(3, 1, 1)
         return (x - mean) / std
 
+    def picture(self, tensor: torch.Tensor) -> np.ndarray:
+        """The inverse of :meth:`to_tensor`: a normalised ``(3, H, W)`` tensor -> its ``(H, W, 3)`` uint8 RGB
+        picture (values outside the picture's range clipped), to draw overlays on tensors a dataset made."""
+        x = tensor.detach().float().cpu() * torch.tensor(self.std).view(3, 1, 1) + torch.tensor(self.mean).view(3, 1, 1)
+        if self.bgr:
+            x = x.flip(0)
+        return np.ascontiguousarray((x * self.scale).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+
     def __call__(self, image_rgb_uint8: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """``(tensor (3, S, S), view (S, S, 3) uint8)`` for one RGB image."""
         view = self.view(image_rgb_uint8)

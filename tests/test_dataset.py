@@ -175,5 +175,16 @@ def test_a_torch_dataset_is_a_source(tmp_path, explainer):
     assert [rows["0"]["target"], rows["4"]["target"]] == direct.targets.tolist()
     again = explain_dataset(Frames(), explainer, tmp_path / "t.parquet", resume=True, progress=False)
     assert again.skipped == 5 and again.rows == 0
-    with pytest.raises(InputError, match="local engine without overlays"):
-        explain_dataset(Frames(), explainer, tmp_path / "u.parquet", overlays=tmp_path / "o")
+    with pytest.raises(InputError, match="local engine"):
+        explain_dataset(Frames(), explainer, tmp_path / "u.parquet", engine="ray")
+    # overlays: drawn on the item's picture (its normalisation undone with the preprocess given)
+    explain_dataset(Frames(), explainer, tmp_path / "v.parquet", progress=False, overlays=tmp_path / "o")
+    written = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert written == sorted(f"{i}_{rows[str(i)]['target']}_gradcam.png" for i in (0, 1, 2, 4))
+
+
+def test_overlay_pictures_are_the_views_the_model_saw():
+    """Preprocess.picture undoes to_tensor exactly, so overlays need no second decode of the file."""
+    view = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    for pre in (Preprocess(), Preprocess(bgr=True, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))):
+        assert np.array_equal(pre.picture(pre.to_tensor(view)), view)

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 from tqdm import tqdm
@@ -108,13 +109,14 @@ def explain_dataset(source: str | os.PathLike | TorchDataset, explainer: Any, ou
             raise InputError(f"{name} must be an int >= 1, got {value!r}")
     writer = PartsWriter(out, resume=resume)
     if isinstance(source, TorchDataset):
-        if engine == "ray" or overlays is not None:
-            raise InputError("a torch Dataset source runs on the local engine without overlays (its items are "
-                             "tensors, not files); give a folder or list file for Ray or overlays")
+        if engine == "ray":
+            raise InputError("a torch Dataset source runs on the local engine (Ray reads files); give a folder or "
+                             "list file for Ray")
         indices = [i for i in range(len(source)) if str(i) not in writer.done]  # type: ignore[arg-type]
         loader = DataLoader(TorchDatasetItems(source, indices), batch_size=batch_size, num_workers=workers,
                             collate_fn=collate)
-        options = RowOptions(targets, topk, tuple(metrics))
+        options = RowOptions(targets, topk, tuple(metrics), None if overlays is None else os.path.abspath(overlays),
+                             preprocess or Preprocess())
         total, todo_count = len(source), len(indices)  # type: ignore[arg-type]
         batches: Iterator[tuple[list[dict], int, int]] = (batch_rows(explainer, b, options) for b in loader)
         return _write(batches, writer, metrics, rows_per_part, todo_count, total - todo_count, progress)
@@ -173,21 +175,21 @@ def batch_rows(explainer: Any, batch: dict, options: RowOptions) -> tuple[list[d
                   else explainer(batch["images"], options.targets))
         rows += _rows(explainer, result, batch["images"], batch["paths"], options.metrics)
         if options.overlays:
-            _write_overlays(result, batch["paths"], batch["files"], options)
+            _write_overlays(result, batch["paths"], batch["images"], options)
     return rows, len(batch["paths"]), len(batch["failed"])
 
 
-def _write_overlays(result: Any, paths: list[str], files: list[str], options: RowOptions) -> None:
-    """One overlay PNG per image and target under ``options.overlays``, mirroring the source's folders."""
-    from explainer.imaging import load_image
+def _write_overlays(result: Any, paths: list[str], images: Tensor, options: RowOptions) -> None:
+    """One overlay PNG per image and target under ``options.overlays``, mirroring the source's folders,
+    drawn on the picture the model saw (the batch's tensors, normalisation undone: no second decode)."""
     from explainer.overlay import overlay, save_png
 
     preprocess = options.preprocess or Preprocess()
     cams = result.cams if result.cams.ndim == 4 else result.cams[:, None]
     chosen = result.targets if result.targets.ndim == 2 else result.targets[:, None]
     assert options.overlays is not None
-    for i, (path, file) in enumerate(zip(paths, files)):
-        view = preprocess.view(load_image(file))
+    for i, path in enumerate(paths):
+        view = preprocess.picture(images[i])
         stem = os.path.join(options.overlays, os.path.splitext(path.lstrip("/"))[0])
         os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
         for k in range(chosen.shape[1]):
