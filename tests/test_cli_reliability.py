@@ -58,6 +58,7 @@ def test_a_second_run_refuses_to_overwrite_unless_asked(same_stems, tmp_path, ca
     (["--method", "gradcm"], "did you mean gradcam"),
     (["--batch-size", "0"], "--batch-size must be at least 1"),
     (["--alpha", "2"], "--alpha must be between 0 and 1"),
+    (["--cuda-graphs"], "--cuda-graphs needs --device cuda"),
 ])
 def test_bad_arguments_exit_2_with_one_line_and_write_nothing(same_stems, tmp_path, capsys, extra, message):
     out = tmp_path / "out"
@@ -175,3 +176,18 @@ def test_bench_table_says_how_ratios_are_made_and_flags_busy_rows():
     text = table([quiet, busy])
     assert "floor ms" in text and "same alternating rounds" in text
     assert "3.16x!" in text and "1.11x!" not in text and "1 row(s)" in text
+
+
+def test_cuda_graphs_flag_is_checked_for_every_command(tmp_path, capsys):
+    from deploycam.cli.args import check_cuda_graphs
+    from explainer import InputError
+
+    assert main(["explain-dataset", str(tmp_path), "--out", str(tmp_path / "r.parquet"), "--cuda-graphs"]) == 2
+    assert "--cuda-graphs needs --device cuda" in capsys.readouterr().err
+    import argparse
+
+    for runtime, backend in (("g.pt", "onnxruntime"), ("g.pt2", "onnxruntime"), ("g.onnx", "openvino")):
+        args = argparse.Namespace(cuda_graphs=True, runtime=runtime, backend=backend)
+        with pytest.raises(InputError, match="has no CUDA graphs"):
+            check_cuda_graphs(args, "cuda")
+    check_cuda_graphs(argparse.Namespace(cuda_graphs=True, runtime="g.onnx", backend="onnxruntime"), "cuda")

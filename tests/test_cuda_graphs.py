@@ -238,3 +238,13 @@ def test_cuda_graphs_fall_back_for_host_syncing_models(no_tf32):
     with pytest.warns(RuntimeWarning, match="could not record"):
         got = exp(x)
     same(Explainer(model, "conv")(x), got, tol=1e-6)
+
+
+def test_onnx_models_take_the_option_on_the_torch_route_only():
+    from explainer.errors import MethodError
+    from tests.onnx_models import torchvision_onnx
+
+    data = torchvision_onnx("resnet18", "dynamo")
+    assert Explainer.from_onnx(data, method="gradcam", cuda_graphs=True).cuda_graphs
+    with pytest.raises(MethodError, match="cuda_graph=True"):
+        Explainer.from_onnx(data, method="eigencam", route="onnxruntime", cuda_graphs=True)

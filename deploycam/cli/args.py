@@ -31,6 +31,25 @@ def add_model_args(parser: argparse.ArgumentParser, with_method: bool = True) ->
                                  "gradcampp are accepted)")
 
 
+def add_cuda_graphs_arg(parser: argparse.ArgumentParser) -> None:
+    """--cuda-graphs: record each batch shape once as a CUDA graph and replay it (with --device cuda)."""
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="with --device cuda: record each batch shape once as a CUDA graph and replay it (the "
+                             "eager explainer's cuda_graphs=True; a --runtime .onnx file: ONNX Runtime's CUDA graphs)")
+
+
+def check_cuda_graphs(args: argparse.Namespace, device: str) -> None:
+    """InputError when --cuda-graphs is given without a CUDA device or for a runtime that has none."""
+    if not getattr(args, "cuda_graphs", False):
+        return
+    if not device.startswith("cuda"):
+        raise InputError("--cuda-graphs needs --device cuda (CUDA graphs exist on NVIDIA GPUs only)")
+    runtime = getattr(args, "runtime", None)
+    if runtime and (not runtime.endswith(".onnx") or getattr(args, "backend", "onnxruntime") != "onnxruntime"):
+        raise InputError("--cuda-graphs applies to the eager explainer and to .onnx files run by ONNX Runtime; "
+                         f"{runtime} with --backend {args.backend} has no CUDA graphs")
+
+
 def add_onnx_args(parser: argparse.ArgumentParser, preprocessing: bool = True) -> None:
     """--onnx, --input-layout (and the preprocessing an ONNX file does not carry: --mean, --std, --scale, --bgr)."""
     parser.add_argument("--onnx", default=None, metavar="FILE",

@@ -36,7 +36,7 @@ def onnx_explainer_from_args(args: argparse.Namespace, method: str, device: str 
     """``(explainer, image size)`` for ``--onnx FILE``: the size is the file's own fixed input size,
     else ``--size`` (224 by default)."""
     exp = Explainer.from_onnx(args.onnx, args.layer, method, input_layout=args.input_layout,
-                              reshape=getattr(args, "reshape", None))
+                              reshape=getattr(args, "reshape", None), cuda_graphs=getattr(args, "cuda_graphs", False))
     size = getattr(args, "size", None)
     fixed = getattr(exp, "image_size", None)
     if fixed is not None:
@@ -191,6 +191,7 @@ class ExplainerSpec:
     backend: str
     device: str
     size: int | None
+    cuda_graphs: bool = False
 
     def __call__(self) -> Any:
         return self.build_sized()[0]
@@ -199,18 +200,18 @@ class ExplainerSpec:
     def from_args(cls, args: argparse.Namespace, device: str) -> ExplainerSpec:
         """The spec of ``--model/--weights/--layer/--method/--reshape``, ``--onnx``, ``--runtime/--backend``."""
         return cls(args.model, args.weights, args.layer, args.method, args.reshape, args.onnx, args.input_layout,
-                   args.runtime, args.backend, device, args.size)
+                   args.runtime, args.backend, device, args.size, getattr(args, "cuda_graphs", False))
 
     def build_sized(self) -> tuple[Any, int]:
         """``(explainer or runtime, input size)``."""
         if self.runtime:
             from export import load
 
-            runtime = load(self.runtime, device=self.device, runtime=self.backend)
+            runtime = load(self.runtime, device=self.device, runtime=self.backend, cuda_graph=self.cuda_graphs)
             return runtime, runtime.info.image_size[0]
         if self.onnx:
             return onnx_explainer_from_args(argparse.Namespace(**asdict(self)), self.method, self.device)
         loaded = model_from_args(argparse.Namespace(model=self.model, weights=self.weights))
         explainer = Explainer(loaded.model.to(self.device), self.layer or loaded.layer, self.method,
-                              reshape=self.reshape or loaded.reshape)
+                              reshape=self.reshape or loaded.reshape, cuda_graphs=self.cuda_graphs)
         return explainer, self.size or 224

@@ -6,7 +6,15 @@ import argparse
 import os
 import sys
 
-from deploycam.cli.args import add_model_args, add_onnx_args, check_device, check_onnx_file, check_positive
+from deploycam.cli.args import (
+    add_cuda_graphs_arg,
+    add_model_args,
+    add_onnx_args,
+    check_cuda_graphs,
+    check_device,
+    check_onnx_file,
+    check_positive,
+)
 from explainer.errors import InputError
 
 
@@ -38,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "local cluster started for the run), the same rows")
     p.add_argument("--actors", type=int, default=None, help="ray: explainer actors (default: one per CPU, or per GPU)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_cuda_graphs_arg(p)
     p.set_defaults(run=run)
 
 
@@ -54,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if not os.path.exists(args.source):
         raise InputError(f"no folder or list file at {args.source}")
     device = check_device(args.device)
+    check_cuda_graphs(args, device)
 
     from deploycam.cli.common import ExplainerSpec
     from explainer.dataset import explain_dataset

@@ -9,10 +9,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from deploycam.cli.args import (
+    add_cuda_graphs_arg,
     add_model_args,
     add_onnx_args,
     add_picture_args,
     check_alpha,
+    check_cuda_graphs,
     check_device,
     check_onnx_file,
     check_output_dir,
@@ -51,6 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replace PNGs an earlier run left in --out (by default the run stops before any work)")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    add_cuda_graphs_arg(p)
     p.add_argument("--aug-smooth", action="store_true",
                    help="average over flips and intensity changes (6x the cost; eager only)")
     p.add_argument("--eigen-smooth", action="store_true",
@@ -111,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from explainer.methods import get_method
 
     device = check_device(args.device)
+    check_cuda_graphs(args, device)
     explain: Callable[..., Explanation]  # the eager Explainer or an exported graph's runtime: one call
     paths = list(iter_image_paths(args.paths))
     if not paths:
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     if args.runtime:
         from export import load
 
-        runtime = load(args.runtime, device=device, runtime=args.backend)
+        runtime = load(args.runtime, device=device, runtime=args.backend, cuda_graph=args.cuda_graphs)
         if runtime.info.part != "full":
             raise InputError(f"{args.runtime} is a part={runtime.info.part!r} graph; explaining images needs part='full'")
         method, explain = runtime.info.method, runtime
@@ -131,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.runtime and not args.onnx and args.model in detector_names():
         if not 0.0 <= args.score_threshold <= 1.0:
             raise InputError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+        if args.cuda_graphs:
+            raise InputError("--cuda-graphs is for classifiers; detector explanations run eagerly")
         from deploycam.cli.detect_cmd import explain_detector
 
         return explain_detector(args, paths, stems, device)
@@ -149,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         loaded = model_from_args(args)
         explainer = Explainer(loaded.model.to(device), args.layer or loaded.layer, method,
-                              reshape=args.reshape or loaded.reshape)
+                              reshape=args.reshape or loaded.reshape, cuda_graphs=args.cuda_graphs)
         explain = explainer
         what = f"{explainer.method.name} at {explainer.layer} of {loaded.name}"
     preprocess = preprocess_for(args, size)
@@ -204,6 +210,7 @@ def explain_video_cmd(args: argparse.Namespace) -> int:
     if os.path.exists(out) and not args.overwrite:
         raise InputError(f"{out} exists; pass --overwrite, or another --out")
     device = check_device(args.device)
+    check_cuda_graphs(args, device)
 
     from tqdm import tqdm
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from explainer.core import Explainer
-from explainer.errors import InputError, LayerShapeError, OnnxModelError
+from explainer.errors import InputError, LayerShapeError, MethodError, OnnxModelError
 from explainer.explanation import Explanation
 from explainer.methods import CamMethod, get_method
 from explainer.onnx_import.convert import as_batch, check_layout, input_shape, read_model, to_torch
@@ -136,13 +136,16 @@ def from_onnx(source: str | os.PathLike | onnx.ModelProto | bytes, target_layer:
             exp._setup(chosen, options.pop("batch_size", None), options.pop("max_channels", None),
                        options.pop("progress", True), options.pop("output_key", None), options.pop("reshape", None),
                        model=converted.module, target_layer=converted.node_paths[tensor.index],
-                       leaf_modules=tuple(options.pop("leaf_modules", ())))
+                       leaf_modules=tuple(options.pop("leaf_modules", ())), cuda_graphs=options.pop("cuda_graphs", False))
             _check_no_options(options)
             return _finish(exp, original, layout, tensor, "torch", converted.module)
     if chosen.needs_gradient or chosen.requires_linear_head:
         raise OnnxModelError(_route_error(chosen))
     from explainer.onnx_import.ort_parts import onnxruntime_parts
 
+    if options.pop("cuda_graphs", False):
+        raise MethodError("cuda_graphs records PyTorch calls, and this graph runs in ONNX Runtime (route='onnxruntime'); "
+                          "export the explanation and load it with export.load(path, device='cuda', cuda_graph=True)")
     backbone, head, whole = onnxruntime_parts(model, tensor, layout, providers)
     exp = OnnxExplainer.__new__(OnnxExplainer)
     exp._setup(chosen, options.pop("batch_size", None), options.pop("max_channels", None),
