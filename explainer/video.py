@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from explainer.errors import InputError
-from explainer.imaging import Preprocess
+from explainer.imaging import VIDEO_SUFFIXES, Preprocess
 from explainer.labels import label_of
 from explainer.overlay import overlay
 
-VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
+__all__ = ["VIDEO_SUFFIXES", "VideoRun", "explain_video"]
 
 
 @dataclass(frozen=True)

@@ -188,3 +188,71 @@ def test_overlay_pictures_are_the_views_the_model_saw():
     view = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
     for pre in (Preprocess(), Preprocess(bgr=True, mean=(0.5, 0.4, 0.3), std=(0.2, 0.3, 0.25))):
         assert np.array_equal(pre.picture(pre.to_tensor(view)), view)
+
+
+def _write_video(path, frames: int, seed: int) -> list[np.ndarray]:
+    """An MJPG .avi of ``frames`` random 48x64 frames; returns the frames as OpenCV decodes them (RGB)."""
+    rng = np.random.default_rng(seed)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (64, 48))
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    capture, decoded = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        decoded.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    capture.release()
+    return decoded
+
+
+def test_videos_are_sources_one_row_per_frame(tmp_path, explainer):
+    root = tmp_path / "drive"
+    (root / "cam1").mkdir(parents=True)
+    cv2.imwrite(str(root / "still.png"), np.zeros((40, 50, 3), np.uint8))
+    first = _write_video(root / "cam1" / "front.avi", 5, seed=1)
+    second = _write_video(root / "rear.avi", 3, seed=2)
+    (root / "broken.mp4").write_bytes(b"not a video")
+    assert len(first) == 5 and len(second) == 3
+    run = explain_dataset(root, explainer, tmp_path / "v.parquet", preprocess=PRE, batch_size=2, workers=2,
+                          progress=False, overlays=tmp_path / "o")
+    rows = {r["path"]: r for r in read_results(tmp_path / "v.parquet").to_pylist()}
+    assert (run.images, run.errors) == (1 + 5 + 3, 1) and "cannot open" in rows["broken.mp4"]["error"]
+    assert sorted(p for p in rows if "#frame=" in p) == sorted(
+        [f"cam1/front.avi#frame={i}" for i in range(5)] + [f"rear.avi#frame={i}" for i in range(3)])
+    direct = explainer(torch.stack([PRE(f)[0] for f in first]))
+    for i in range(5):
+        row = rows[f"cam1/front.avi#frame={i}"]
+        assert row["target"] == int(direct.targets[i])
+        cam = np.array(row["cam"], dtype=np.float32).reshape(row["cam_shape"])
+        assert np.abs(cam - direct.raw[i].numpy()).max() <= 1e-5 * max(1.0, float(direct.raw[i].abs().max()))
+    assert (tmp_path / "o" / "cam1" / f"front_frame000003_{rows['cam1/front.avi#frame=3']['target']}_gradcam.png").exists()
+    # a video file as the source itself; a rerun resumes frame by frame
+    single = tmp_path / "single.parquet"
+    explain_dataset(root / "rear.avi", explainer, single, preprocess=PRE, progress=False)
+    again = explain_dataset(root / "rear.avi", explainer, single, preprocess=PRE, resume=True, progress=False)
+    assert (again.skipped, again.rows) == (3, 0)
+    assert sorted(r["path"] for r in read_results(single).to_pylist()) == [f"rear.avi#frame={i}" for i in range(3)]
+    with pytest.raises(InputError, match="videos run on the local engine"):
+        explain_dataset(root, lambda: explainer, tmp_path / "r.parquet", engine="ray")
+
+
+def test_a_crashed_video_run_resumes_mid_video(tmp_path, explainer):
+    _write_video(tmp_path / "clip.avi", 4, seed=3)
+    calls = {"n": 0}
+
+    def crashing(x, targets=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("power cut")
+        return explainer(x, targets)
+
+    out = tmp_path / "c.parquet"
+    with pytest.raises(RuntimeError, match="power cut"):
+        explain_dataset(tmp_path / "clip.avi", crashing, out, preprocess=PRE, batch_size=1, rows_per_part=1,
+                        progress=False)
+    again = explain_dataset(tmp_path / "clip.avi", explainer, out, preprocess=PRE, batch_size=1, resume=True,
+                            progress=False)
+    assert (again.skipped, again.images) == (2, 2)
+    assert sorted(r["path"] for r in read_results(out).to_pylist()) == [f"clip.avi#frame={i}" for i in range(4)]

@@ -271,7 +271,7 @@ def restated_score(found, target: DetectionTarget) -> torch.Tensor:
                 continue
             candidates = torch.where(same, ious[j], torch.full_like(ious[j], -1.0))
             d = int(candidates.argmax())
-            if float(candidates[d]) > target.iou_threshold:
+            if float(candidates[d].detach()) > target.iou_threshold:
                 score = score + ious[j, d] + image["scores"][d].double()
     return score
 

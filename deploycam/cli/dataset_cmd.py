@@ -21,7 +21,8 @@ from explainer.errors import InputError
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("explain-dataset", help="explain every image of a folder or list file into Parquet rows "
                                                "(path, target, label, probability, cam, ...)")
-    p.add_argument("source", help="a folder (searched recursively for images) or a list file (one path per line)")
+    p.add_argument("source", help="a folder (searched recursively for images and videos), a list file (one path per "
+                                  "line), or a video file: every frame of a video is a row (path clip.mp4#frame=N)")
     p.add_argument("--out", required=True, help="output: a folder of Parquet parts, e.g. results.parquet "
                                                 "(reads as one table with pyarrow, pandas, DuckDB, Ray)")
     add_model_args(p)

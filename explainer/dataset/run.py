@@ -20,6 +20,7 @@ as results arrive. One row per image and target:
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -34,7 +35,8 @@ from torch.utils.data import Dataset as TorchDataset
 from tqdm import tqdm
 
 from explainer.dataset.parquet_parts import PartsWriter, _pyarrow
-from explainer.dataset.sources import DecodedImages, TorchDatasetItems, collate, image_files
+from explainer.dataset.sources import DecodedImages, TorchDatasetItems, collate, image_files, is_video
+from explainer.dataset.video_frames import VideoFrames, frame_count, split_frame_path
 from explainer.errors import InputError
 from explainer.imaging import Preprocess
 from explainer.labels import label_of
@@ -121,6 +123,11 @@ def explain_dataset(source: str | os.PathLike | TorchDataset, explainer: Any, ou
         batches: Iterator[tuple[list[dict], int, int]] = (batch_rows(explainer, b, options) for b in loader)
         return _write(batches, writer, metrics, rows_per_part, todo_count, total - todo_count, progress)
     files = image_files(source)
+    videos = [f for f in files if is_video(f.file)]
+    files = [f for f in files if not is_video(f.file)]
+    if videos and engine == "ray":
+        raise InputError(f"{len(videos)} video file(s) in the source: videos run on the local engine (frames are "
+                         "decoded in order); give images to Ray, or run videos with engine='local'")
     todo = [f for f in files if f.path not in writer.done]
     preprocess = preprocess or Preprocess()
     options = RowOptions(targets, topk, tuple(metrics), None if overlays is None else os.path.abspath(overlays),
@@ -133,7 +140,16 @@ def explain_dataset(source: str | os.PathLike | TorchDataset, explainer: Any, ou
         loader = DataLoader(DecodedImages(todo, preprocess), batch_size=batch_size, num_workers=workers,
                             collate_fn=collate)
         batches = (batch_rows(explainer, batch, options) for batch in loader)
-    return _write(batches, writer, metrics, rows_per_part, len(todo), len(files) - len(todo), progress)
+    skipped, frames = len(files) - len(todo), 0
+    if videos:
+        names = {v.path for v in videos}
+        done_frames = sum(split_frame_path(p)[0] in names for p in writer.done)
+        frames = max(0, sum(frame_count(v) for v in videos) - done_frames)  # for the progress bar
+        skipped += done_frames
+        frame_loader = DataLoader(VideoFrames(videos, preprocess, frozenset(writer.done)), batch_size=batch_size,
+                                  num_workers=min(workers, len(videos)), collate_fn=collate)
+        batches = itertools.chain(batches, (batch_rows(explainer, batch, options) for batch in frame_loader))
+    return _write(batches, writer, metrics, rows_per_part, len(todo) + frames, skipped, progress)
 
 
 def _write(batches: Iterator[tuple[list[dict], int, int]], writer: PartsWriter, metrics: Sequence[str],
@@ -190,7 +206,9 @@ def _write_overlays(result: Any, paths: list[str], images: Tensor, options: RowO
     assert options.overlays is not None
     for i, path in enumerate(paths):
         view = preprocess.picture(images[i])
-        stem = os.path.join(options.overlays, os.path.splitext(path.lstrip("/"))[0])
+        video, frame = split_frame_path(path)  # a video's frames: clip_frame000012
+        stem = os.path.join(options.overlays, os.path.splitext(video.lstrip("/"))[0]
+                            + ("" if frame is None else f"_frame{frame:06d}"))
         os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
         for k in range(chosen.shape[1]):
             save_png(f"{stem}_{int(chosen[i, k])}_{result.method}.png", overlay(view, cams[i, k].float().cpu().numpy()))

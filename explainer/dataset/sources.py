@@ -1,4 +1,5 @@
-"""What a dataset run reads: image files from a folder (recursive) or a list file, decoded in DataLoader workers."""
+"""What a dataset run reads: image (and video) files from a folder (recursive) or a list file, decoded in
+DataLoader workers (videos: :mod:`explainer.dataset.video_frames`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch.utils.data import Dataset
 
 from explainer.errors import InputError
-from explainer.imaging import IMAGE_SUFFIXES, Preprocess, load_image
+from explainer.imaging import IMAGE_SUFFIXES, VIDEO_SUFFIXES, Preprocess, load_image
 
 
 @dataclass(frozen=True)
@@ -20,17 +21,24 @@ class ImageFile:
     file: str
 
 
+def is_video(file: str) -> bool:
+    """True for a video file name (by suffix: :data:`~explainer.imaging.VIDEO_SUFFIXES`)."""
+    return file.lower().endswith(VIDEO_SUFFIXES)
+
+
 def image_files(source: str | os.PathLike) -> list[ImageFile]:
-    """The images of ``source``: a folder (every image file below it, by suffix, sorted; paths relative to
-    it) or a list file (one path per line, relative to the list's folder unless absolute; blank lines
-    and ``#`` comments skipped; paths stored as written)."""
+    """The inputs of ``source``: a folder (every image and video file below it, by suffix, sorted; paths
+    relative to it), a list file (one path per line, relative to the list's folder unless absolute; blank
+    lines and ``#`` comments skipped; paths stored as written), or one video file (its name)."""
     source = os.fspath(source)
+    if os.path.isfile(source) and is_video(source):
+        return [ImageFile(os.path.basename(source), source)]
     if os.path.isdir(source):
         found = []
         for folder, subfolders, names in os.walk(source):
             subfolders.sort()
             for name in sorted(names):
-                if name.lower().endswith(IMAGE_SUFFIXES):
+                if name.lower().endswith(IMAGE_SUFFIXES + VIDEO_SUFFIXES):
                     file = os.path.join(folder, name)
                     found.append(ImageFile(os.path.relpath(file, source).replace(os.sep, "/"), file))
         return found
