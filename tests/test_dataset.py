@@ -90,7 +90,8 @@ def test_topk_metrics_overlays_and_a_runtime(folder, tmp_path, explainer):
         explain_dataset(folder, runtime, tmp_path / "p.parquet", metrics=["insertion"])
 
 
-def test_a_crashed_run_resumes_without_duplicates(folder, tmp_path, explainer):
+def crashing_on_third_call(explainer):
+    """The explainer, except that its third call raises (a crash in the middle of a run)."""
     calls = {"n": 0}
 
     def crashing(x, targets=None):
@@ -99,6 +100,11 @@ def test_a_crashed_run_resumes_without_duplicates(folder, tmp_path, explainer):
             raise RuntimeError("power cut")
         return explainer(x, targets)
 
+    return crashing
+
+
+def test_a_crashed_run_resumes_without_duplicates(folder, tmp_path, explainer):
+    crashing = crashing_on_third_call(explainer)
     out = tmp_path / "c.parquet"
     with pytest.raises(RuntimeError, match="power cut"):
         explain_dataset(folder, crashing, out, preprocess=PRE, batch_size=2, rows_per_part=2, progress=False)
@@ -240,14 +246,7 @@ def test_videos_are_sources_one_row_per_frame(tmp_path, explainer):
 
 def test_a_crashed_video_run_resumes_mid_video(tmp_path, explainer):
     _write_video(tmp_path / "clip.avi", 4, seed=3)
-    calls = {"n": 0}
-
-    def crashing(x, targets=None):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("power cut")
-        return explainer(x, targets)
-
+    crashing = crashing_on_third_call(explainer)
     out = tmp_path / "c.parquet"
     with pytest.raises(RuntimeError, match="power cut"):
         explain_dataset(tmp_path / "clip.avi", crashing, out, preprocess=PRE, batch_size=1, rows_per_part=1,
