@@ -30,11 +30,11 @@ def pytest_addoption(parser):
 
 def pytest_generate_tests(metafunc):
     if "case" in metafunc.fixturenames:
-        from deploycam.bench.cases import all_cases
+        from deploycam.bench.cases import CUDA_RUNTIMES, EXPORTED_RUNTIMES, all_cases
 
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         cases = all_cases(metafunc.config.getoption("--bench-models"), metafunc.config.getoption("--bench-batches"),
-                          devices)
+                          devices, runtimes=EXPORTED_RUNTIMES + CUDA_RUNTIMES)  # the CUDA ones on CUDA only
         metafunc.parametrize("case", cases, ids=[c.name for c in cases])
 
 
