@@ -5,7 +5,8 @@ Images are decoded and preprocessed in DataLoader workers, explained in batches 
 the same call), and written as rows to a folder of Parquet parts (:mod:`explainer.dataset.parquet_parts`)
 as results arrive. One row per image and target:
 
-    path         str      the image's path relative to the source (as written in a list file)
+    path         str      the image's path relative to the source (as written in a list file); a video
+                          frame's is the video's path + "#frame=N" (0-based)
     target       int64    the explained class (-1 for target callables; null for unreadable files)
     label        str      its name (ImageNet names for 1000-class models, else "class k")
     probability  float32  softmax(logits)[target]
@@ -79,7 +80,8 @@ def explain_dataset(source: str | os.PathLike | TorchDataset, explainer: Any, ou
                     rows_per_part: int = 256, progress: bool = True, engine: str = "local",
                     actors: int | None = None, ray_address: str | None = None,
                     overlays: str | os.PathLike | None = None) -> DatasetRun:
-    """Explain every image of ``source`` (a folder, recursively, or a list file; or any torch ``Dataset``
+    """Explain every image of ``source`` (a folder, recursively, a list file or a video file: video files give
+    a row per frame, see :mod:`explainer.dataset.video_frames`; or any torch ``Dataset``
     whose items are preprocessed image tensors ``(3, S, S)``, alone or first in a tuple, or ``{"image",
     "path"}`` dicts: ``path`` is the index as text unless given) into ``out``, a folder of Parquet parts
     (see the module docstring for the columns).
