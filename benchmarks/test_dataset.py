@@ -1,5 +1,6 @@
 """Images per second of explain-dataset: the local engine (decoding in this process, or in DataLoader
-workers) and the Ray engine (an actor pool on a local cluster) on the same images.
+workers), the Ray engine (an actor pool on a local cluster) on the same images, and the same pictures as
+the frames of one video (decoded in order in one DataLoader worker).
 
     pytest benchmarks/test_dataset.py --benchmark-only -s
 
@@ -30,7 +31,21 @@ def images(tmp_path_factory):
     return folder
 
 
-def test_dataset_engines(benchmark, images, tmp_path):
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    """The same 64 pictures as the frames of one Motion-JPEG video."""
+    import cv2
+
+    path = tmp_path_factory.mktemp("bench-video") / "drive.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 30.0, (640, 480))
+    rng = np.random.default_rng(0)
+    for _ in range(64):
+        writer.write(rng.integers(0, 255, (480, 640, 3), dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def test_dataset_engines(benchmark, images, video, tmp_path):
     import torch
 
     from deploycam.cli.common import ExplainerSpec
@@ -43,6 +58,8 @@ def test_dataset_engines(benchmark, images, tmp_path):
     for name, options in (("local, 0 workers", dict(workers=0)), ("local, 2 workers", dict(workers=2))):
         runs[name] = explain_dataset(images, explainer, tmp_path / f"local{options['workers']}.parquet", batch_size=16,
                                      progress=False, **options)
+    runs["video, 64 frames"] = explain_dataset(video, explainer, tmp_path / "video.parquet", batch_size=16,
+                                               progress=False, workers=1)
     try:
         import ray  # noqa: F401
 
