@@ -138,15 +138,17 @@ def test_cli_explain_dataset(folder, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_ray_engine_rows_equal_the_local_engine(folder, tmp_path):
-    """A local Ray cluster (2 CPUs, one explainer actor) gives the rows the local engine gives."""
+    """A local Ray cluster (2 CPUs, one explainer actor) gives the rows the local engine gives, video frames
+    included, and resumes a video mid-way."""
     pytest.importorskip("ray")
     from deploycam.cli.common import ExplainerSpec
 
+    _write_video(folder / "a" / "clip.avi", 4, seed=4)
     spec = ExplainerSpec("resnet18", None, "layer4", "gradcam", None, None, "nchw", None, "onnxruntime", "cpu", 64)
     explain_dataset(folder, spec(), tmp_path / "local.parquet", preprocess=PRE, batch_size=3, progress=False)
     run = explain_dataset(folder, spec, tmp_path / "ray.parquet", preprocess=PRE, batch_size=3, progress=False,
                           engine="ray", actors=1)
-    assert (run.rows, run.images, run.errors) == (8, 7, 1)
+    assert (run.rows, run.images, run.errors) == (12, 11, 1)
     local = {r["path"]: r for r in read_results(tmp_path / "local.parquet").to_pylist()}
     remote = {r["path"]: r for r in read_results(tmp_path / "ray.parquet").to_pylist()}
     assert local.keys() == remote.keys()
@@ -158,6 +160,16 @@ def test_ray_engine_rows_equal_the_local_engine(folder, tmp_path):
             assert np.abs(np.array(row["cam"]) - np.array(other["cam"])).max() <= 1e-5 * max(1.0, max(row["cam"]))
     with pytest.raises(InputError, match="zero-argument function"):
         explain_dataset(folder, spec(), tmp_path / "bad.parquet", engine="ray")
+    # resume on Ray: the first two frames done
+    partial = tmp_path / "partial.parquet"
+    explain_dataset(folder / "a" / "clip.avi", spec(), partial, preprocess=PRE, batch_size=1, rows_per_part=1,
+                    progress=False)
+    for part in sorted(partial.iterdir())[2:]:
+        part.unlink()
+    again = explain_dataset(folder / "a" / "clip.avi", spec, partial, preprocess=PRE, batch_size=3, resume=True,
+                            progress=False, engine="ray", actors=1)
+    assert (again.skipped, again.images) == (2, 2)
+    assert sorted(r["path"] for r in read_results(partial).to_pylist()) == [f"clip.avi#frame={i}" for i in range(4)]
 
 
 def test_a_torch_dataset_is_a_source(tmp_path, explainer):
@@ -240,8 +252,6 @@ def test_videos_are_sources_one_row_per_frame(tmp_path, explainer):
     again = explain_dataset(root / "rear.avi", explainer, single, preprocess=PRE, resume=True, progress=False)
     assert (again.skipped, again.rows) == (3, 0)
     assert sorted(r["path"] for r in read_results(single).to_pylist()) == [f"rear.avi#frame={i}" for i in range(3)]
-    with pytest.raises(InputError, match="videos run on the local engine"):
-        explain_dataset(root, lambda: explainer, tmp_path / "r.parquet", engine="ray")
 
 
 def test_a_crashed_video_run_resumes_mid_video(tmp_path, explainer):

@@ -125,32 +125,28 @@ def explain_dataset(source: str | os.PathLike | TorchDataset, explainer: Any, ou
         batches: Iterator[tuple[list[dict], int, int]] = (batch_rows(explainer, b, options) for b in loader)
         return _write(batches, writer, metrics, rows_per_part, todo_count, total - todo_count, progress)
     files = image_files(source)
-    videos = [f for f in files if is_video(f.file)]
+    all_videos = [f for f in files if is_video(f.file)]
+    videos = [f for f in all_videos if f.path not in writer.done]  # a video's own path is done as an error row
     files = [f for f in files if not is_video(f.file)]
-    if videos and engine == "ray":
-        raise InputError(f"{len(videos)} video file(s) in the source: videos run on the local engine (frames are "
-                         "decoded in order); give images to Ray, or run videos with engine='local'")
     todo = [f for f in files if f.path not in writer.done]
+    names = {v.path for v in videos}
+    done_frames = frozenset(p for p in writer.done if split_frame_path(p)[0] in names)
+    frames = max(0, sum(frame_count(v) for v in videos) - len(done_frames))  # for the progress bar only
+    skipped = len(files) - len(todo) + len(done_frames) + len(all_videos) - len(videos)
     preprocess = preprocess or Preprocess()
     options = RowOptions(targets, topk, tuple(metrics), None if overlays is None else os.path.abspath(overlays),
                          preprocess)
     if engine == "ray":
         from explainer.dataset.ray_engine import ray_batches
 
-        batches = ray_batches(explainer, todo, preprocess, batch_size, options, actors, ray_address)
+        batches = ray_batches(explainer, todo + videos, preprocess, batch_size, options, actors, ray_address,
+                              done_frames)
     else:
         loader = DataLoader(DecodedImages(todo, preprocess), batch_size=batch_size, num_workers=workers,
                             collate_fn=collate)
-        batches = (batch_rows(explainer, batch, options) for batch in loader)
-    skipped, frames = len(files) - len(todo), 0
-    if videos:
-        names = {v.path for v in videos}
-        done_frames = sum(split_frame_path(p)[0] in names for p in writer.done)
-        frames = max(0, sum(frame_count(v) for v in videos) - done_frames)  # for the progress bar
-        skipped += done_frames
-        frame_loader = DataLoader(VideoFrames(videos, preprocess, frozenset(writer.done)), batch_size=batch_size,
+        frame_loader = DataLoader(VideoFrames(videos, preprocess, done_frames), batch_size=batch_size,
                                   num_workers=min(workers, len(videos)), collate_fn=collate)
-        batches = itertools.chain(batches, (batch_rows(explainer, batch, options) for batch in frame_loader))
+        batches = (batch_rows(explainer, batch, options) for batch in itertools.chain(loader, frame_loader))
     return _write(batches, writer, metrics, rows_per_part, len(todo) + frames, skipped, progress)
 
 
