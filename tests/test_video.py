@@ -76,3 +76,10 @@ def test_cli_explains_a_video(clip, tmp_path, capsys):
     assert main(["explain", "--camera", "0", "--out", str(tmp_path / "c.avi")]) == 2
     assert "--max-frames" in capsys.readouterr().err
     assert main(["explain", "--out", str(tmp_path / "x")]) == 2
+
+
+def test_the_cli_knows_the_video_suffixes_the_library_reads():
+    from deploycam.cli.explain_cmd import VIDEO_SUFFIXES as CLI_SUFFIXES
+    from explainer.imaging import VIDEO_SUFFIXES
+
+    assert CLI_SUFFIXES == VIDEO_SUFFIXES

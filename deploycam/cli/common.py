@@ -176,6 +176,15 @@ def format_classes(classes: Sequence[tuple[int, str, float]]) -> str:
     return ", ".join(f"{c} {label} {p:.2f}" for c, label, p in classes)
 
 
+def describe(explain: Any, source: str | None = None) -> str:
+    """What explains, for a closing line: ``gradcam at layer4 of resnet50`` (an explainer; ``source``: the
+    model's name) or ``gradcam at layer4, onnxruntime/CPUExecutionProvider`` (an exported graph's runtime)."""
+    info = getattr(explain, "info", None)
+    if info is not None:
+        return f"{info.method} at {info.layer}, {explain.backend}"
+    return f"{explain.method.name} at {explain.layer}" + (f" of {source}" if source else "")
+
+
 @dataclass(frozen=True)
 class ExplainerSpec:
     """The explainer the arguments describe, buildable anywhere (picklable: Ray actors call it)."""

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 from deploycam.cli.args import (
     add_cuda_graphs_arg,
@@ -23,11 +21,7 @@ from deploycam.cli.args import (
 )
 from explainer.errors import InputError
 
-if TYPE_CHECKING:
-    from explainer.explanation import Explanation
-
-
-#: explainer.video.VIDEO_SUFFIXES, repeated so the argument checks need no torch import
+#: explainer.imaging.VIDEO_SUFFIXES, repeated so the argument checks need no torch import (a test checks they agree)
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv")
 
 
@@ -100,33 +94,29 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from deploycam.cli.common import (
+        ExplainerSpec,
+        describe,
         existing_outputs,
         explain_batch,
         format_classes,
         iter_image_paths,
-        model_from_args,
-        onnx_explainer_from_args,
         output_stems,
         preprocess_for,
     )
-    from explainer.core import Explainer
     from explainer.imaging import load_image
     from explainer.methods import get_method
 
     device = check_device(args.device)
     check_cuda_graphs(args, device)
-    explain: Callable[..., Explanation]  # the eager Explainer or an exported graph's runtime: one call
     paths = list(iter_image_paths(args.paths))
     if not paths:
         raise InputError(f"no image files found in {', '.join(args.paths)}")
+    spec = ExplainerSpec.from_args(args, device)
     if args.runtime:
-        from export import load
-
-        runtime = load(args.runtime, device=device, runtime=args.backend, cuda_graph=args.cuda_graphs)
-        if runtime.info.part != "full":
-            raise InputError(f"{args.runtime} is a part={runtime.info.part!r} graph; explaining images needs part='full'")
-        method, explain = runtime.info.method, runtime
-        what = f"{runtime.info.method} at {runtime.info.layer}, {runtime.backend}"
+        explain, size = spec.build_sized()  # an exported graph's runtime: the file says which method it computes
+        if explain.info.part != "full":
+            raise InputError(f"{args.runtime} is a part={explain.info.part!r} graph; explaining images needs part='full'")
+        method = explain.info.method
     else:
         method = get_method(args.method).name  # an unknown name fails here, before the model loads
     stems = output_stems(paths)
@@ -145,19 +135,9 @@ def run(args: argparse.Namespace) -> int:
         shown = ", ".join(clashes[:3]) + (f" and {len(clashes) - 3} more" if len(clashes) > 3 else "")
         raise InputError(f"{len(clashes)} file(s) in {args.out} would be overwritten ({shown}); "
                          "pass --overwrite, or another --out")
-    size = args.size or 224
-    if args.onnx:
-        explainer, size = onnx_explainer_from_args(args, method, device)
-        explain = explainer
-        what = f"{explainer.method.name} at {explainer.layer} of {os.path.basename(args.onnx)}"
-    elif args.runtime:
-        size = runtime.info.image_size[0]
-    else:
-        loaded = model_from_args(args)
-        explainer = Explainer(loaded.model.to(device), args.layer or loaded.layer, method,
-                              reshape=args.reshape or loaded.reshape, cuda_graphs=args.cuda_graphs)
-        explain = explainer
-        what = f"{explainer.method.name} at {explainer.layer} of {loaded.name}"
+    if not args.runtime:
+        explain, size = spec.build_sized()
+    what = describe(explain, os.path.basename(args.onnx) if args.onnx else None if args.runtime else args.model)
     preprocess = preprocess_for(args, size)
     os.makedirs(args.out, exist_ok=True)
 
@@ -214,13 +194,11 @@ def explain_video_cmd(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from deploycam.cli.common import ExplainerSpec, preprocess_for
+    from deploycam.cli.common import ExplainerSpec, describe, preprocess_for
     from explainer.video import explain_video
 
     explain, size = ExplainerSpec.from_args(args, device).build_sized()
-    info = getattr(explain, "info", None)
-    what = (f"{info.method}, {explain.backend}" if info is not None
-            else f"{explain.method.name} at {explain.layer}")
+    what = describe(explain)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with tqdm(total=args.max_frames, unit="frame", desc="explain", file=sys.stderr) as bar:
         def progress(frames: int, fps: float) -> None:
