@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 
+import cv2
+import numpy as np
 import torch
 import torchvision
 
@@ -63,3 +65,21 @@ def calibrated_model(name: str, size: int = 64, seed: int = 0) -> torch.nn.Modul
             for _ in range(3):
                 model(torch.randn(8, 3, size, size))
     return model.eval()
+
+
+def write_video(path, frames: int, seed: int = 0, size: tuple[int, int] = (64, 48)) -> list[np.ndarray]:
+    """A Motion-JPEG video of ``frames`` random ``size`` (width, height) frames at ``path``; returns its
+    frames as OpenCV decodes them (RGB uint8): what a reader of the file sees, compression included."""
+    width, height = size
+    rng = np.random.default_rng(seed)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (width, height))
+    for _ in range(frames):
+        writer.write(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+    writer.release()
+    capture, decoded = cv2.VideoCapture(str(path)), []
+    while True:
+        ok, bgr = capture.read()
+        if not ok:
+            capture.release()
+            return decoded
+        decoded.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))

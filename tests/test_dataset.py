@@ -16,7 +16,7 @@ from deploycam.cli import main  # noqa: E402
 from explainer import Explainer, InputError  # noqa: E402
 from explainer.dataset import explain_dataset, image_files, read_results  # noqa: E402
 from explainer.imaging import Preprocess, load_image  # noqa: E402
-from tests.helpers import calibrated_model  # noqa: E402
+from tests.helpers import calibrated_model, write_video  # noqa: E402
 
 PRE = Preprocess(crop_size=64, resize_size=72)
 
@@ -143,7 +143,7 @@ def test_ray_engine_rows_equal_the_local_engine(folder, tmp_path):
     pytest.importorskip("ray")
     from deploycam.cli.common import ExplainerSpec
 
-    _write_video(folder / "a" / "clip.avi", 4, seed=4)
+    write_video(folder / "a" / "clip.avi", 4, seed=4)
     spec = ExplainerSpec("resnet18", None, "layer4", "gradcam", None, None, "nchw", None, "onnxruntime", "cpu", 64)
     explain_dataset(folder, spec(), tmp_path / "local.parquet", preprocess=PRE, batch_size=3, progress=False)
     run = explain_dataset(folder, spec, tmp_path / "ray.parquet", preprocess=PRE, batch_size=3, progress=False,
@@ -208,29 +208,12 @@ def test_overlay_pictures_are_the_views_the_model_saw():
         assert np.array_equal(pre.picture(pre.to_tensor(view)), view)
 
 
-def _write_video(path, frames: int, seed: int) -> list[np.ndarray]:
-    """An MJPG .avi of ``frames`` random 48x64 frames; returns the frames as OpenCV decodes them (RGB)."""
-    rng = np.random.default_rng(seed)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10.0, (64, 48))
-    for _ in range(frames):
-        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    writer.release()
-    capture, decoded = cv2.VideoCapture(str(path)), []
-    while True:
-        ok, bgr = capture.read()
-        if not ok:
-            break
-        decoded.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-    capture.release()
-    return decoded
-
-
 def test_videos_are_sources_one_row_per_frame(tmp_path, explainer):
     root = tmp_path / "drive"
     (root / "cam1").mkdir(parents=True)
     cv2.imwrite(str(root / "still.png"), np.zeros((40, 50, 3), np.uint8))
-    first = _write_video(root / "cam1" / "front.avi", 5, seed=1)
-    second = _write_video(root / "rear.avi", 3, seed=2)
+    first = write_video(root / "cam1" / "front.avi", 5, seed=1)
+    second = write_video(root / "rear.avi", 3, seed=2)
     (root / "broken.mp4").write_bytes(b"not a video")
     assert len(first) == 5 and len(second) == 3
     run = explain_dataset(root, explainer, tmp_path / "v.parquet", preprocess=PRE, batch_size=2, workers=2,
@@ -255,7 +238,7 @@ def test_videos_are_sources_one_row_per_frame(tmp_path, explainer):
 
 
 def test_a_crashed_video_run_resumes_mid_video(tmp_path, explainer):
-    _write_video(tmp_path / "clip.avi", 4, seed=3)
+    write_video(tmp_path / "clip.avi", 4, seed=3)
     crashing = crashing_on_third_call(explainer)
     out = tmp_path / "c.parquet"
     with pytest.raises(RuntimeError, match="power cut"):

@@ -4,7 +4,6 @@ decoded frames directly), batched or one at a time, with an exported graph too, 
 from __future__ import annotations
 
 import cv2
-import numpy as np
 import pytest
 import torch
 
@@ -12,7 +11,7 @@ from deploycam.cli import main
 from explainer import Explainer, InputError
 from explainer.imaging import Preprocess
 from explainer.video import explain_video
-from tests.helpers import calibrated_model
+from tests.helpers import calibrated_model, write_video
 
 PRE = Preprocess(crop_size=64, resize="squash")
 
@@ -20,11 +19,7 @@ PRE = Preprocess(crop_size=64, resize="squash")
 @pytest.fixture
 def clip(tmp_path):
     path = tmp_path / "clip.avi"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (80, 60))
-    rng = np.random.default_rng(0)
-    for _ in range(7):
-        writer.write(rng.integers(0, 255, (60, 80, 3), dtype=np.uint8))
-    writer.release()
+    write_video(path, 7, size=(80, 60))
     return path
 
 
