@@ -1,15 +1,44 @@
-// Raw float32 files and PGM pictures for the deploycam C++ callers (main.cpp, aoti_main.cpp).
+// The command line, raw float32 files and PGM pictures of the deploycam C++ callers (main.cpp, aoti_main.cpp).
 #pragma once
 
 #include <torch/script.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <fstream>
+#include <iostream>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 namespace deploycam_io {
+
+// What both callers take: GRAPH INPUT.f32 N C H W OUT_PREFIX [TARGET].
+struct Invocation {
+  std::string graph, input, prefix;
+  int64_t n = 0, c = 0, h = 0, w = 0;
+  bool has_target = false;
+  int64_t target = -1;  // -1: each image's top class
+};
+
+// Reads argv into `out`; prints the usage line (naming `graph_kind`, e.g. "MODEL.pt") and returns false
+// when arguments are missing.
+inline bool parse_invocation(int argc, char** argv, const char* graph_kind, Invocation& out) {
+  if (argc < 8) {
+    std::cerr << "usage: " << argv[0] << " " << graph_kind << " INPUT.f32 N C H W OUT_PREFIX [TARGET]\n";
+    return false;
+  }
+  out.graph = argv[1];
+  out.input = argv[2];
+  out.prefix = argv[7];
+  out.n = std::atoll(argv[3]);
+  out.c = std::atoll(argv[4]);
+  out.h = std::atoll(argv[5]);
+  out.w = std::atoll(argv[6]);
+  out.has_target = argc > 8;
+  if (out.has_target) out.target = std::atoll(argv[8]);
+  return true;
+}
 
 inline std::vector<float> read_floats(const std::string& path, std::size_t count) {
   std::ifstream in(path, std::ios::binary);
@@ -38,6 +67,18 @@ inline void write_pgm(const std::string& path, const torch::Tensor& map) {  // m
   std::ofstream out(path, std::ios::binary);
   out << "P5\n" << map.size(1) << " " << map.size(0) << "\n255\n";
   out.write(reinterpret_cast<const char*>(bytes.data_ptr<std::uint8_t>()), bytes.numel());
+}
+
+// PREFIX.cam.f32, PREFIX.logits.f32 and PREFIX_<n>.pgm, and "image <n>: class <k>" on stdout: the class
+// each map explains (the target when one was given, else the image's top class).
+inline void write_results(const Invocation& run, const torch::Tensor& logits, const torch::Tensor& cam) {
+  write_floats(run.prefix + ".cam.f32", cam);
+  write_floats(run.prefix + ".logits.f32", logits);
+  auto classes = run.has_target ? torch::full({run.n}, run.target, torch::kLong) : logits.argmax(1);
+  for (int64_t i = 0; i < run.n; ++i) {
+    write_pgm(run.prefix + "_" + std::to_string(i) + ".pgm", cam[i]);
+    std::cout << "image " << i << ": class " << classes[i].item<int64_t>() << "\n";
+  }
 }
 
 }  // namespace deploycam_io

@@ -17,52 +17,35 @@
 #include "io.h"
 
 #include <cstdint>
-#include <cstdlib>
-#include <fstream>
 #include <iostream>
 #include <string>
 #include <vector>
 
-using deploycam_io::read_batch;
-using deploycam_io::write_floats;
-using deploycam_io::write_pgm;
-
 int main(int argc, char** argv) {
-  if (argc < 8) {
-    std::cerr << "usage: " << argv[0] << " MODEL.pt INPUT.f32 N C H W OUT_PREFIX [TARGET]\n";
-    return 2;
-  }
+  deploycam_io::Invocation run;
+  if (!deploycam_io::parse_invocation(argc, argv, "MODEL.pt", run)) return 2;
   try {
-    const std::string model_path = argv[1], input_path = argv[2], prefix = argv[7];
-    const int64_t n = std::atoll(argv[3]), c = std::atoll(argv[4]), h = std::atoll(argv[5]), w = std::atoll(argv[6]);
-    torch::jit::script::Module module = torch::jit::load(model_path);
+    torch::jit::script::Module module = torch::jit::load(run.graph);
 
-    auto input = read_batch(input_path, n, c, h, w);
+    auto input = deploycam_io::read_batch(run.input, run.n, run.c, run.h, run.w);
     std::vector<torch::jit::IValue> args{input};
-    if (argc > 8) args.emplace_back(torch::full({n}, std::atoll(argv[8]), torch::kLong));
+    if (run.has_target) args.emplace_back(torch::full({run.n}, run.target, torch::kLong));
 
     // Run it three times, as a per-frame loop would: TorchScript optimises the graph after the
     // first runs, and the optimised plan must give the same explanation.
     c10::intrusive_ptr<c10::ivalue::Tuple> outputs;
-    for (int run = 0; run < 3; ++run) outputs = module.forward(args).toTuple();
+    for (int i = 0; i < 3; ++i) outputs = module.forward(args).toTuple();
     auto logits = outputs->elements()[0].toTensor();
     auto cam = outputs->elements()[1].toTensor();
 
-    write_floats(prefix + ".cam.f32", cam);
-    write_floats(prefix + ".logits.f32", logits);
-    auto classes = argc > 8 ? torch::full({n}, std::atoll(argv[8]), torch::kLong) : logits.argmax(1);
-
     // A failing call must not leave grad mode off in this thread (the graph restores it on errors).
     try {
-      module.forward({torch::zeros({1, c + 1, h, w})});
+      module.forward({torch::zeros({1, run.c + 1, run.h, run.w})});
     } catch (const std::exception&) {
     }
     std::cout << "grad mode after a failed call: " << (torch::GradMode::is_enabled() ? "on" : "off") << "\n";
     module.forward(args);  // and the next valid call still runs
-    for (int64_t i = 0; i < n; ++i) {
-      write_pgm(prefix + "_" + std::to_string(i) + ".pgm", cam[i]);
-      std::cout << "image " << i << ": class " << classes[i].item<int64_t>() << "\n";
-    }
+    deploycam_io::write_results(run, logits, cam);
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;
