@@ -51,6 +51,16 @@ def image_files(source: str | os.PathLike) -> list[ImageFile]:
     raise InputError(f"dataset source {source} is neither a folder nor a list file")
 
 
+def source_item(path: str, file: str, image: torch.Tensor) -> dict:
+    """One decoded input as every source yields it (what :func:`collate` reads): ``image`` ``(3, S, S)``."""
+    return {"path": path, "file": file, "image": image, "error": ""}
+
+
+def failed_item(path: str, file: str, why: str) -> dict:
+    """An input that could not be read: it becomes a row with ``error`` set, not a stopped run."""
+    return {"path": path, "file": file, "image": torch.empty(0), "error": why}
+
+
 class DecodedImages(Dataset):
     """``ImageFile`` s decoded and preprocessed: item ``i`` is ``{"path", "image" (3, S, S) float32 or an
     empty tensor, "error" ("" or why the file could not be read)}``, so a bad file becomes a row, not a
@@ -67,9 +77,9 @@ class DecodedImages(Dataset):
         item = self.files[index]
         try:
             image, _ = self.preprocess(load_image(item.file))
-            return {"path": item.path, "file": item.file, "image": image, "error": ""}
+            return source_item(item.path, item.file, image)
         except (OSError, InputError, ValueError) as exc:
-            return {"path": item.path, "file": item.file, "image": torch.empty(0), "error": f"{type(exc).__name__}: {exc}"}
+            return failed_item(item.path, item.file, f"{type(exc).__name__}: {exc}")
 
 
 def collate(items: list[dict]) -> dict:
@@ -104,6 +114,6 @@ class TorchDatasetItems(Dataset):
                 item = item[0]
             if not isinstance(item, torch.Tensor) or item.ndim != 3:
                 raise InputError(f"dataset item {index} is not an image tensor (3, H, W): {type(item).__name__}")
-            return {"path": path, "file": "", "image": item.float(), "error": ""}
+            return source_item(path, "", item.float())
         except Exception as exc:  # noqa: BLE001 - a user's dataset may raise anything; it becomes a row
-            return {"path": str(index), "file": "", "image": torch.empty(0), "error": f"{type(exc).__name__}: {exc}"}
+            return failed_item(str(index), "", f"{type(exc).__name__}: {exc}")

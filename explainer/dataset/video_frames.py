@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import cv2
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from explainer.dataset.sources import ImageFile
+from explainer.dataset.sources import ImageFile, failed_item, source_item
 from explainer.imaging import Preprocess
 
 #: separates a video's path from the frame index in a row's ``path``
@@ -76,7 +75,7 @@ class VideoFrames(IterableDataset):
                     if not ok:
                         break
                     image, _ = self.preprocess(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-                    yield {"path": path, "file": video.file, "image": image, "error": ""}
+                    yield source_item(path, video.file, image)
                 index += 1
             if index == 0:
                 yield _error(video, "no frame OpenCV could decode")
@@ -85,4 +84,5 @@ class VideoFrames(IterableDataset):
 
 
 def _error(video: ImageFile, why: str) -> dict:
-    return {"path": video.path, "file": video.file, "image": torch.empty(0), "error": f"InputError: {video.file}: {why}"}
+    """The error row of a whole video, under the video's own path."""
+    return failed_item(video.path, video.file, f"InputError: {video.file}: {why}")
