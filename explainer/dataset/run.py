@@ -112,6 +112,9 @@ def explain_dataset(source: str | os.PathLike | TorchDataset, explainer: Any, ou
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be an int >= 1, got {value!r}")
     writer = PartsWriter(out, resume=resume)
+    preprocess = preprocess or Preprocess()
+    options = RowOptions(targets, topk, tuple(metrics), None if overlays is None else os.path.abspath(overlays),
+                         preprocess)
     if isinstance(source, TorchDataset):
         if engine == "ray":
             raise InputError("a torch Dataset source runs on the local engine (Ray reads files); give a folder or "
@@ -119,8 +122,6 @@ def explain_dataset(source: str | os.PathLike | TorchDataset, explainer: Any, ou
         indices = [i for i in range(len(source)) if str(i) not in writer.done]  # type: ignore[arg-type]
         loader = DataLoader(TorchDatasetItems(source, indices), batch_size=batch_size, num_workers=workers,
                             collate_fn=collate)
-        options = RowOptions(targets, topk, tuple(metrics), None if overlays is None else os.path.abspath(overlays),
-                             preprocess or Preprocess())
         total, todo_count = len(source), len(indices)  # type: ignore[arg-type]
         batches: Iterator[tuple[list[dict], int, int]] = (batch_rows(explainer, b, options) for b in loader)
         return _write(batches, writer, metrics, rows_per_part, todo_count, total - todo_count, progress)
@@ -133,9 +134,6 @@ def explain_dataset(source: str | os.PathLike | TorchDataset, explainer: Any, ou
     done_frames = frozenset(p for p in writer.done if split_frame_path(p)[0] in names)
     frames = max(0, sum(frame_count(v) for v in videos) - len(done_frames))  # for the progress bar only
     skipped = len(files) - len(todo) + len(done_frames) + len(all_videos) - len(videos)
-    preprocess = preprocess or Preprocess()
-    options = RowOptions(targets, topk, tuple(metrics), None if overlays is None else os.path.abspath(overlays),
-                         preprocess)
     if engine == "ray":
         from explainer.dataset.ray_engine import ray_batches
 
