@@ -2,7 +2,8 @@
 
 Both take the same file ONNX Runtime does and return the same :class:`~explainer.Explanation`.
 OpenVINO compiles with ``INFERENCE_PRECISION_HINT=f32`` (its CPU default is bf16 on processors that
-have it: ~1e-2 off); OpenCV uses its 5.x new engine (the classic one loads none of these graphs).
+have it: ~1e-2 off); OpenCV uses its 5.x new engine (the classic one loads none of these graphs;
+:mod:`export.opencv_dnn` finds it on each OpenCV release).
 Engines have bugs a file cannot always route around, so each runtime checks itself when it opens
 a file: a random batch through the engine and through ONNX Runtime (when installed); if logits or
 maps differ, :class:`ExportError` says so and names the runtimes that work, instead of later calls
@@ -136,13 +137,13 @@ class OpenCvExplainer(_EngineRuntime):
     def __init__(self, path: str, device: str = "cpu", verify: bool = True) -> None:
         import cv2
 
-        if int(cv2.__version__.split(".")[0]) < 5:
-            raise ExportError(f"runtime='opencv' needs OpenCV 5's DNN engine (this is {cv2.__version__}; the classic "
-                              "engine loads none of these graphs): pip install 'opencv-python-headless>=5'")
+        from export.opencv_dnn import new_engine
+
+        engine = new_engine(cv2)  # ExportError for an OpenCV without the graph engine, naming what is supported
         if device != "cpu":
             raise ExportError(f"OpenCV's new DNN engine runs on the CPU only; got device={device!r}")
         self._nets: OrderedDict[int, Any] = OrderedDict()
-        self._read = lambda: cv2.dnn.readNetFromONNX(path, cv2.dnn.ENGINE_NEW)
+        self._read = lambda: cv2.dnn.readNetFromONNX(path, engine)
         try:
             self._net_for(1)
         except cv2.error as exc:

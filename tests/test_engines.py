@@ -13,11 +13,14 @@ import torch
 import export
 from explainer import Explainer
 from explainer.errors import ExportError
+from export.opencv_dnn import new_engine
 from tests.helpers import calibrated_model, random_input
 
 cv2 = pytest.importorskip("cv2")
-if int(cv2.__version__.split(".")[0]) < 5:
-    pytest.skip("OpenCV 5's DNN engine is needed", allow_module_level=True)
+try:
+    new_engine(cv2)
+except ExportError as _exc:
+    pytest.skip(f"OpenCV 5's DNN engine is needed: {_exc}", allow_module_level=True)
 pytest.importorskip("onnxruntime")
 
 RUNTIMES = ["openvino", "opencv"]

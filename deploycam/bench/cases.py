@@ -12,6 +12,7 @@ import torch
 from torch import fx, nn
 
 from explainer.core import Explainer
+from explainer.errors import ExportError
 from explainer.methods import exportable_methods
 from explainer.models import load_model
 
@@ -264,11 +265,14 @@ class Workbench:
         return lambda: request.infer(feed)
 
     def _opencv(self, case, model, layer, x, targets):
-        import cv2
+        from export.opencv_dnn import read_onnx
 
-        if int(cv2.__version__.split(".")[0]) < 5 or case.device != "cpu":
+        if case.device != "cpu":
             raise Unavailable("OpenCV cases need OpenCV 5's DNN engine, on the CPU")
-        net = cv2.dnn.readNetFromONNX(self._onnx_file(case, model, layer), cv2.dnn.ENGINE_NEW)
+        try:
+            net = read_onnx(self._onnx_file(case, model, layer))
+        except ExportError as exc:
+            raise Unavailable(str(exc)) from exc
         outputs = ["logits"] if case.method == "plain" else ["logits", "cam"]
 
         def run():
