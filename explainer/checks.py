@@ -65,17 +65,18 @@ class DeferredChecks:
 
 
 def check_input(x: Tensor, device: torch.device | None, dtype: torch.dtype | None, in_channels: int | None,
-                deferred: DeferredChecks | None = None) -> None:
+                deferred: DeferredChecks | None = None, allow_empty: bool = False) -> None:
     """Raise :class:`InputError` unless ``x`` is a finite ``(N, C, H, W)`` float batch the model can take.
 
-    With ``deferred``, the NaN/inf check is registered there instead of read now.
+    With ``deferred``, the NaN/inf check is registered there instead of read now; ``allow_empty`` lets
+    ``N = 0`` through (detectors: an empty batch has an empty result).
     """
     if not isinstance(x, Tensor):
         raise InputError(f"input must be a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
     if x.ndim != 4:
         hint = " (add a batch axis: x.unsqueeze(0))" if x.ndim == 3 else ""
         raise InputError(f"input must be 4-D (N, C, H, W); got shape {tuple(x.shape)}{hint}")
-    if x.shape[0] == 0:
+    if x.shape[0] == 0 and not allow_empty:
         raise InputError("input batch is empty (N = 0); pass at least one image")
     if in_channels is not None and x.shape[1] != in_channels:
         raise InputError(f"input has {x.shape[1]} channels but the model's first convolution expects {in_channels}")

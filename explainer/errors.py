@@ -72,3 +72,8 @@ def close_matches(name: str, candidates: Iterable[str], n: int = 5) -> list[str]
 
 class OnnxModelError(DeployCamError, ValueError):
     """An ONNX file that cannot be read, has no spatial tensor to explain, or does not convert to PyTorch."""
+
+
+class GraphFileNotFoundError(ExportError, FileNotFoundError):
+    """``export.load`` / ``export.load_detector`` was given a path where no file is (``except FileNotFoundError``
+    works too)."""

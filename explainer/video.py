@@ -12,6 +12,7 @@ explaining and writing included).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,10 +38,25 @@ class VideoRun:
     frames: int
     seconds: float
     targets: list[int] = field(default_factory=list)
+    declared_frames: int = 0  # what the file's container declares (0: unknown, or a camera)
 
+    @property
+    def cut_short(self) -> bool:
+        """True when a whole-file run decoded fewer frames than the container declares (a truncated file)."""
+        return 0 < self.frames < self.declared_frames
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def check_not_the_input(source: str | int, out: str) -> None:
+    """:class:`InputError` when ``out`` is the video file ``source`` itself (the same path, or a link to it):
+    writing would destroy the frames being read, whatever ``--overwrite`` says."""
+    if isinstance(source, int) or not os.path.exists(out):
+        return
+    if os.path.realpath(source) == os.path.realpath(out) or os.path.samefile(source, out):
+        raise InputError(f"the output {out} is the input video {source}: the input is never overwritten; "
+                         "give another output path")
 
 
 def _writer(out: str, fps: float, size: int) -> cv2.VideoWriter:
@@ -63,13 +79,17 @@ def explain_video(source: str | int, explain: Callable, out: str, preprocess: Pr
     ``on_frame(frames_done, fps)`` is called after each written frame (a progress bar hook).
     """
     preprocess = preprocess or Preprocess(resize="squash")
+    check_not_the_input(source, out)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
     capture = cv2.VideoCapture(source)
     if not capture.isOpened():
         raise InputError(f"OpenCV cannot open {'camera ' + str(source) if isinstance(source, int) else source} "
-                         "as a video")
+                         "as a video" + ("" if isinstance(source, int) else _why_unopenable(source)))
     rate = capture.get(cv2.CAP_PROP_FPS)
+    declared = 0 if isinstance(source, int) else max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
+    if max_frames is not None:
+        declared = min(declared, max_frames)
     writer = _writer(out, rate if rate and rate > 0 else 25.0, preprocess.crop_size)
     step = 1 if latency else batch_size
     frames, targets = 0, []
@@ -106,8 +126,17 @@ def explain_video(source: str | int, explain: Callable, out: str, preprocess: Pr
         capture.release()
         writer.release()
     if frames == 0:
-        raise InputError(f"{source} gave no frames OpenCV could decode")
-    return VideoRun(out, frames, time.perf_counter() - start, targets)
+        os.remove(out)  # the empty video this call created (``out`` is never the input: checked above)
+        raise InputError(f"{source} gave no frames OpenCV could decode (a truncated or empty video?)")
+    return VideoRun(out, frames, time.perf_counter() - start, targets, declared)
+
+
+def _why_unopenable(path: str) -> str:
+    """A hint for a video file OpenCV cannot open: empty, or its container cut short."""
+    size = os.path.getsize(path) if os.path.isfile(path) else None
+    if size == 0:
+        return " (the file is empty)"
+    return f" (a truncated or damaged {os.path.splitext(path)[1] or 'video'} file, or a codec this OpenCV lacks)"
 
 
 def _put_caption(picture: np.ndarray, text: str) -> None:

@@ -335,8 +335,10 @@ def is_detector_graph(metadata: str) -> bool:
 
 def load_detector(path: str | os.PathLike, device: str = "cpu") -> "TorchScriptDetectionExplainer":
     """Open a detector explanation saved by :func:`export.to_torchscript`."""
+    from export.graph_files import check_graph_path
     from export.torchscript import METADATA_FILE
 
+    check_graph_path(os.fspath(path), (".pt", ".ts", ".pth"))
     extra = {METADATA_FILE: ""}
     try:
         module = torch.jit.load(os.fspath(path), map_location=device, _extra_files=extra)

@@ -22,6 +22,7 @@ from explainer.scoring import Targets, check_one_of, resolve_targets, topk_targe
 from explainer.targets import is_target_callable
 from explainer.tracing_lock import running
 from export.detection_graph import is_detector_graph
+from export.graph_files import GRAPH_SUFFIXES, check_graph_path
 from export.onnx_graph import METADATA_KEY
 from export.ort_binding import BoundRun
 from export.parts import GraphInfo
@@ -309,28 +310,28 @@ def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str |
         cuda_graph: ONNX Runtime's CUDA provider records and replays CUDA graphs (one per input shape);
             :class:`ExportError` on any other provider. See :mod:`export.ort_binding`.
 
-    Raises FileNotFoundError for a missing file and :class:`ExportError` for a file
-    that is not an exported explanation.
+    Raises :class:`~explainer.errors.GraphFileNotFoundError` (an :class:`ExportError` and a
+    ``FileNotFoundError``) for a missing file, and :class:`ExportError` for a folder, a suffix other than
+    ``.onnx``/``.pt``/``.ts``/``.pth``/``.pt2``, or a file that is not an exported explanation.
     """
     path = os.fspath(path)
     if runtime not in ONNX_RUNTIMES:
         raise ExportError(f"runtime must be one of {', '.join(ONNX_RUNTIMES)}, got {runtime!r}")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no exported graph at {path}")
-    is_onnx = path.endswith(".onnx") or not (path.endswith((".pt", ".ts", ".pth", ".pt2")) or zipfile.is_zipfile(path))
+    suffix = check_graph_path(path)
     if runtime != "onnxruntime":
-        if not is_onnx:
-            raise ExportError(f"runtime={runtime!r} runs .onnx files; {path} is not one")
+        if suffix != ".onnx":
+            raise ExportError(f"runtime={runtime!r} runs .onnx files; {path} is a {GRAPH_SUFFIXES[suffix]} file "
+                              "(runtime='onnxruntime', the default, opens it)")
         from export.engines import OpenCvExplainer, OpenVinoExplainer
 
         engine = OpenVinoExplainer if runtime == "openvino" else OpenCvExplainer
         return engine(path, device, verify)
-    if path.endswith(".pt2"):
+    if suffix == ".pt2":
         return AotiExplainer(path, device)
+    if suffix == ".onnx":
+        return OnnxRuntimeExplainer(path, device, providers, strict, threads, spin, io_binding, cuda_graph)
     if zipfile.is_zipfile(path):
         if is_detector_graph(_archive_metadata(path)):
             raise ExportError(f"{path} is a detector explanation: open it with export.load_detector(path)")
         return TorchScriptExplainer(path, device)
-    if path.endswith(".onnx") or not path.endswith((".pt", ".ts", ".pth")):
-        return OnnxRuntimeExplainer(path, device, providers, strict, threads, spin, io_binding, cuda_graph)
     raise ExportError(f"{path} is not a TorchScript archive (not a zip file)")

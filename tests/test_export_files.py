@@ -153,6 +153,32 @@ def test_load_errors(tmp_path, files):
         export.load(plain)
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "opencv"])
+def test_load_names_the_problem_with_a_path(tmp_path, files, runtime):
+    """A missing path, a folder, a wrong suffix: one sentence each, before any engine parses anything."""
+    from explainer.errors import GraphFileNotFoundError
+
+    with pytest.raises(GraphFileNotFoundError, match=r"no exported graph at .*nothing\.onnx \(no such file\)"):
+        export.load(tmp_path / "nothing.onnx", runtime=runtime)
+    with pytest.raises(FileNotFoundError):  # still a FileNotFoundError for callers that catch that
+        export.load(tmp_path / "nothing.pt")
+    with pytest.raises(ExportError, match=r"is a folder; give one exported graph file: \.onnx .*; it holds full\.onnx"):
+        export.load(files, runtime=runtime)
+    picture = tmp_path / "photo of a cat.jpg"
+    picture.write_bytes(b"\xff\xd8 not even a jpeg")
+    with pytest.raises(ExportError, match=r"has the suffix '\.jpg', not an exported graph's; accepted: \.onnx"):
+        export.load(picture, runtime=runtime)
+    (tmp_path / "noext").write_bytes((files / "full.onnx").read_bytes())
+    with pytest.raises(ExportError, match=r"suffix '\(none\)'.*rename the file"):
+        export.load(tmp_path / "noext", runtime=runtime)
+    shutil.copy(files / "full.onnx", tmp_path / "FULL.ONNX")  # suffixes are case-insensitive
+    assert export.load(tmp_path / "FULL.ONNX").info.part == "full"
+    with pytest.raises(ExportError, match=r"suffix '\.onnx'"):
+        export.load_detector(files / "full.onnx")
+    with pytest.raises(GraphFileNotFoundError):
+        export.load_detector(tmp_path / "det.pt")
+
+
 def test_missing_cuda_provider_falls_back_or_raises(files):
     import onnxruntime as ort
 

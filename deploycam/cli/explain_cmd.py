@@ -187,6 +187,9 @@ def explain_video_cmd(args: argparse.Namespace) -> int:
         raise InputError(f"no video file at {source}")
     stem = f"camera{source}" if isinstance(source, int) else os.path.splitext(os.path.basename(source))[0]
     out = args.out if args.out.lower().endswith(VIDEO_SUFFIXES) else os.path.join(args.out, f"{stem}_cam.mp4")
+    from explainer.video import check_not_the_input
+
+    check_not_the_input(source, out)  # even with --overwrite
     if os.path.exists(out) and not args.overwrite:
         raise InputError(f"{out} exists; pass --overwrite, or another --out")
     device = check_device(args.device)
@@ -210,4 +213,8 @@ def explain_video_cmd(args: argparse.Namespace) -> int:
                             device=device, on_frame=progress)
     mode = "one frame at a time" if args.latency else f"batches of {args.batch_size}"
     print(f"wrote {run.out}: {run.frames} frame(s) in {run.seconds:.1f} s, {run.fps:.1f} frames/s ({mode}; {what})")
+    if run.cut_short:
+        print(f"{source}: decoding stopped after {run.frames} of the {run.declared_frames} frames its container "
+              "declares (a truncated or damaged file?)", file=sys.stderr)
+        return 1
     return 0

@@ -10,7 +10,10 @@ already in complete parts and adds new parts after them.
 from __future__ import annotations
 
 import glob
+import json
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from explainer.errors import InputError
 
@@ -27,14 +30,20 @@ def _pyarrow():
 class PartsWriter:
     """Writes rows (dicts of one schema) to numbered part files in ``folder``."""
 
-    def __init__(self, folder: str | os.PathLike, resume: bool = False) -> None:
+    def __init__(self, folder: str | os.PathLike, resume: bool = False,
+                 identity: Mapping[str, Any] | None = None) -> None:
+        """``identity``: what produces the rows (:mod:`explainer.dataset.run_identity`), stored in every part's
+        schema metadata; resuming a folder whose parts hold another identity raises :class:`InputError`."""
         self.folder = os.fspath(folder)
+        self.identity = identity
         parts = self.complete_parts()
         if os.path.exists(self.folder) and not os.path.isdir(self.folder):
             raise InputError(f"{self.folder} exists and is not a folder of Parquet parts")
         if parts and not resume:
             raise InputError(f"{self.folder} already holds {len(parts)} part(s); pass resume=True (--resume) to "
                              "continue that run, or another output")
+        if parts and identity is not None:
+            self._check_identity(parts, identity)
         os.makedirs(self.folder, exist_ok=True)
         self.done = self._paths(parts) if resume else set()
         numbers = [int(os.path.basename(p)[5:10]) for p in glob.glob(os.path.join(self.folder, "part-*.parquet"))]
@@ -53,6 +62,15 @@ class PartsWriter:
                 continue
         return complete
 
+    def _check_identity(self, parts: list[str], identity: Mapping[str, Any]) -> None:
+        """Every part's stored identity must be ``identity`` (parts of older versions, without one, pass)."""
+        _, pq = _pyarrow()
+        from explainer.dataset.run_identity import check_same_run, decode
+
+        current = json.loads(json.dumps(identity))  # as it reads back: tuples become lists
+        for stored in {json.dumps(decode(pq.read_schema(p).metadata), sort_keys=True) for p in parts}:
+            check_same_run(self.folder, json.loads(stored), current)
+
     def _paths(self, parts: list[str]) -> set[str]:
         _, pq = _pyarrow()
         done: set[str] = set()
@@ -66,6 +84,10 @@ class PartsWriter:
         if not rows:
             return
         pa, pq = _pyarrow()
+        if self.identity is not None:
+            from explainer.dataset.run_identity import encode
+
+            schema = (schema or pa.Table.from_pylist(rows).schema).with_metadata(encode(self.identity))
         table = pa.Table.from_pylist(rows, schema=schema)
         final = os.path.join(self.folder, f"part-{self.next_part:05d}.parquet")
         temporary = final + ".writing"

@@ -111,8 +111,8 @@ def explain_dataset(source: str | os.PathLike | TorchDataset, explainer: Any, ou
     for name, value in (("batch_size", batch_size), ("rows_per_part", rows_per_part)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be an int >= 1, got {value!r}")
-    writer = PartsWriter(out, resume=resume)
     preprocess = preprocess or Preprocess()
+    writer = PartsWriter(out, resume=resume, identity=_identity(explainer, engine, targets, topk, preprocess, metrics))
     options = RowOptions(targets, topk, tuple(metrics), None if overlays is None else os.path.abspath(overlays),
                          preprocess)
     if isinstance(source, TorchDataset):
@@ -146,6 +146,17 @@ def explain_dataset(source: str | os.PathLike | TorchDataset, explainer: Any, ou
                                   num_workers=min(workers, len(videos)), collate_fn=collate)
         batches = (batch_rows(explainer, batch, options) for batch in itertools.chain(loader, frame_loader))
     return _write(batches, writer, metrics, rows_per_part, len(todo) + frames, skipped, progress)
+
+
+def _identity(explainer: Any, engine: str, targets: int | None, topk: int | None, preprocess: Preprocess,
+              metrics: Sequence[str]) -> dict[str, Any]:
+    """The run's identity (:mod:`explainer.dataset.run_identity`); Ray's explainer factory is called once here
+    for it (each actor builds its own)."""
+    from explainer.dataset.ray_engine import _takes_no_arguments
+    from explainer.dataset.run_identity import run_identity
+
+    built = explainer() if engine == "ray" and _takes_no_arguments(explainer) else explainer
+    return run_identity(built, targets=targets, topk=topk, preprocess=preprocess, metrics=tuple(metrics))
 
 
 def _write(batches: Iterator[tuple[list[dict], int, int]], writer: PartsWriter, metrics: Sequence[str],

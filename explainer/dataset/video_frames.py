@@ -5,7 +5,8 @@ list file, or a video file as the source itself, next to images. OpenCV decodes 
 sequentially in one DataLoader worker (videos are spread over the workers, one whole video each);
 frames are preprocessed like images. A rerun with ``resume`` skips the frames already written (they are
 grabbed, not decoded). A video OpenCV cannot open, or one with no decodable frame, is one error row
-under the video's own path.
+under the video's own path; a video that stops decoding before the frame count its container declares
+(a file cut short) gives its decodable frames' rows and one error row at the first missing frame.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class VideoFrames(IterableDataset):
             if not capture.isOpened():
                 yield _error(video, "OpenCV cannot open it as a video")
                 return
+            declared = max(0, int(capture.get(cv2.CAP_PROP_FRAME_COUNT)))
             index = 0
             while True:
                 path = frame_path(video.path, index)
@@ -79,6 +81,12 @@ class VideoFrames(IterableDataset):
                 index += 1
             if index == 0:
                 yield _error(video, "no frame OpenCV could decode")
+            elif index < declared and frame_path(video.path, index) not in self.done:
+                # a file cut short: the frames before the cut are rows, the first missing one an error row
+                # (under its frame path, so a resumed run does not report it twice)
+                yield failed_item(frame_path(video.path, index), video.file,
+                                  f"InputError: {video.file}: decoding stopped after {index} of the {declared} frames "
+                                  "the container declares (a truncated or damaged file?)")
         finally:
             capture.release()
 

@@ -122,7 +122,7 @@ class DetectionExplainer:
     def _check(self, images: Tensor) -> None:
         check_grad_mode()
         param = next(self.model.parameters())
-        check_input(images, param.device, param.dtype, 3)
+        check_input(images, param.device, param.dtype, 3, allow_empty=True)
         if getattr(self.model, "training", False):
             raise InputError(f"{type(self.model).__name__} is in training mode (it would return losses, not "
                              "detections); call model.eval() first")
@@ -133,20 +133,24 @@ class DetectionExplainer:
 
         ``targets``: a :class:`DetectionTarget` (all images), N of them, or N lists of K (one map per
         target, one batched backward); None explains each image's highest-scoring detection
-        (eigencam is class-agnostic and needs none).
+        (eigencam is class-agnostic and needs none); an image with no detection gets an all-zero map.
+        An empty batch ``(0, 3, H, W)`` gives an empty result (no detections, ``cams`` ``(0, H, W)``).
         ``aug_smooth``: ``cams`` is the mean over the images and 5 augmented copies (horizontal flip x
         intensity 0.9/1.0/1.1, as pytorch-grad-cam), the reference boxes mirrored with flipped copies
         and each map flipped back (``level_maps`` stay the original's). ``eigen_smooth``: the first
         principal component of the channel contributions instead of their sum.
         """
         self._check(images)
+        if len(images) == 0:  # an empty batch: an empty result
+            return DetectionExplanation([], images.new_zeros(0, *images.shape[-2:]), [], self.method.name,
+                                        list(self.layers))
         with running():
             prepared = self.parts.prepare(images)
             levels = self.parts.selected(prepared, self.levels)
             if targets is None and self._needs_targets:
                 with torch.no_grad():
                     found = self.parts.detect(prepared, prepared.maps)
-                targets = [_top_detection(d, i) for i, d in enumerate(found)]
+                targets = [_top_detection(d) for d in found]
             per_image, keep_k = (as_detection_targets(targets, len(images)) if targets is not None
                                  else (None, False))
             detections, raws = self._maps(prepared, levels, per_image, eigen_smooth)
@@ -190,11 +194,14 @@ class DetectionExplainer:
         image are K :class:`DetectionTarget` s (the box and its label), images with fewer boxes padded.
         (The backward still costs about one head backward per box: measured 0.4 s a box for Faster R-CNN
         mobilenet_v3 at 160 px on 2 CPU cores, its 1000 RoIs dominating.)
-        Returns, per image, its detections with maps ``(H, W)``, best score first.
+        Returns, per image, its detections with maps ``(H, W)``, best score first: an empty list for an
+        image with no detection above the threshold; ``[]`` for an empty batch.
         """
         if not 0.0 <= float(score_threshold) <= 1.0:
             raise InputError(f"score_threshold must be in [0, 1], got {score_threshold}")
         self._check(images)
+        if len(images) == 0:
+            return []
         with running():
             prepared = self.parts.prepare(images)
             levels = self.parts.selected(prepared, self.levels)
@@ -213,8 +220,7 @@ class DetectionExplainer:
             for d, keep in zip(found, kept):
                 targets = [DetectionTarget([int(label)], box[None].tolist(), iou_threshold=0.5, same_label=True)
                            for box, label in zip(d["boxes"][keep], d["labels"][keep])]
-                padding = DetectionTarget([-1], [[0.0, 0.0, 0.0, 0.0]])  # matches nothing: an all-zero map
-                per_image.append(targets + [padding] * (k - len(targets)))
+                per_image.append(targets + [NO_DETECTION] * (k - len(targets)))
             if self.method.exportable:
                 _, raws = self._maps(prepared, levels, per_image, False)
                 cams = combine_levels(raws, prepared)
@@ -346,10 +352,14 @@ def combine_levels(raws: list[Tensor], prepared: Prepared) -> Tensor:
     return scoring.combine_levels(raws, height, width, hc, wc, h, w)
 
 
-def _top_detection(detection: dict[str, Tensor], index: int) -> DetectionTarget:
+#: a target that matches nothing: an all-zero map (padding, and images with no detection)
+NO_DETECTION = DetectionTarget([-1], [[0.0, 0.0, 0.0, 0.0]])
+
+
+def _top_detection(detection: dict[str, Tensor]) -> DetectionTarget:
+    """The highest-scoring detection as a target (:data:`NO_DETECTION` where there is none)."""
     if len(detection["scores"]) == 0:
-        raise InputError(f"image {index} has no detection to explain; pass targets (DetectionTarget) or lower "
-                         "the detector's score threshold")
+        return NO_DETECTION
     best = int(detection["scores"].argmax())
     return DetectionTarget([int(detection["labels"][best])], detection["boxes"][best][None].tolist(), same_label=True)
 
