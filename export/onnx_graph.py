@@ -149,6 +149,10 @@ def build_onnx_module(explainer: Explainer, example_input: Tensor, part: str = "
     feature size (a batch of 1 is specialised, and make_fx gives equal sizes one symbol, so
     fixing h would fix the batch with it); without, the example's own batch is the graph's.
     """
+    if not hasattr(explainer, "to_nchw"):  # a DetectionExplainer (or anything else that is no classifier explainer)
+        raise ExportError(f"no ONNX or AOTInductor graph for a {type(explainer).__name__} yet: detector explanations "
+                          "export to TorchScript (export.to_torchscript, torchvision detectors); see the README's "
+                          "'Explain a detector' for why ONNX is not available")
     example_input = explainer.to_nchw(example_input)
     parts = export_parts(explainer, example_input, part, "onnx")
     sizes = set(parts.activations.shape[1:]) | set(example_input.shape[1:])

@@ -161,7 +161,7 @@ def test_bad_input_gets_a_specific_error():
         DetectionTarget([1, 2], [[0, 0, 10, 10]])
     with pytest.raises(TargetError, match="x2 >= x1"):
         DetectionTarget([1], [[10, 0, 0, 10]])
-    with pytest.raises(ModelOutputError, match="not a torchvision detector"):
+    with pytest.raises(ModelOutputError, match="not a detector this explainer knows: torchvision.*ultralytics YOLO"):
         Explainer.for_detector(torchvision.models.resnet18())
     with pytest.raises(LayerNotFoundError, match="backbone.fpn.layer_blocks.0"):
         Explainer.for_detector(model, "layer4")

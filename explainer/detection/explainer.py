@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from explainer.checks import check_grad_mode, check_input
 from explainer.detection import scoring
-from explainer.detection.parts import DetectorParts, Prepared
+from explainer.detection.parts import Prepared, detector_parts
 from explainer.detection.targets import DetectionTarget, as_detection_targets
 from explainer.errors import InputError, LayerNotFoundError, MethodError, NonFiniteError
 from explainer.methods import CamMethod, get_method
@@ -75,8 +75,8 @@ class DetectionExplainer:
             raise InputError(f"batch_size must be an int >= 1, got {batch_size!r}")
         self.batch_size = batch_size  # perturbation methods: detector copies per forward
         self.progress = progress
-        self.parts = DetectorParts(model)
-        self.model = model
+        self.parts = detector_parts(model)
+        self.model = self.parts.model
         self.concat = isinstance(target_layer, str) and target_layer == CONCAT
         self.method = self._checked(get_method(method))
         self.levels, self.layers = self._levels(target_layer)
@@ -93,10 +93,8 @@ class DetectionExplainer:
         return method
 
     def _levels(self, target_layer: str | Sequence[str]) -> tuple[list[int] | None, list[str]]:
-        fpn = self.parts.fpn
-        names = ([f"backbone.fpn.layer_blocks.{i}" for i in range(len(fpn.layer_blocks))] if fpn is not None
-                 else None)
-        if target_layer in ("fpn", "backbone"):
+        names = self.parts.target_names()
+        if target_layer in ("fpn", "backbone", "detect"):
             return None, names or ["backbone"]
         if self.concat:
             return None, ["backbone (levels concatenated)"]

@@ -96,6 +96,12 @@ class DetectorParts:
         self.fpn = getattr(model.backbone, "fpn", None)
         self.levels = levels  # None: every level
 
+    def target_names(self) -> list[str] | None:
+        """The selectable target maps (``backbone.fpn.layer_blocks.<i>``); None without an FPN (SSD: ``"backbone"``)."""
+        if self.fpn is None:
+            return None
+        return [f"backbone.fpn.layer_blocks.{i}" for i in range(len(self.fpn.layer_blocks))]
+
     def prepare(self, images: Tensor) -> Prepared:
         """Transform and backbone under no_grad, up to the target maps."""
         model: Any = self.model  # torchvision's detectors: transform, backbone (.body, .fpn)
@@ -146,6 +152,22 @@ class DetectorParts:
         if bad:
             raise LayerNotFoundError(f"the detector has {count} feature levels; level(s) {bad} do not exist")
         return chosen
+
+
+def detector_parts(model: Any) -> Any:
+    """The split of a detector this package knows: torchvision's (:class:`DetectorParts`) or an ultralytics
+    YOLO (:class:`~explainer.detection.yolo.YoloParts`; an ``ultralytics.YOLO`` object is unwrapped);
+    otherwise :class:`ModelOutputError` naming the supported families."""
+    from explainer.detection.yolo import YoloParts, is_yolo, unwrap
+
+    model = unwrap(model)
+    if isinstance(model, nn.Module) and is_yolo(model):
+        return YoloParts(model)
+    if isinstance(model, nn.Module) and is_detector(model):
+        return DetectorParts(model)
+    raise ModelOutputError(f"{type(model).__name__} is not a detector this explainer knows: torchvision's "
+                           f"{', '.join(DETECTOR_TYPES)}, or an ultralytics YOLO DetectionModel (YOLOv8, YOLO11: "
+                           "YOLO('yolov8n.yaml').model); explain classifiers with Explainer(model, layer)")
 
 
 def _shallow(module: nn.Module, **replace: nn.Module | None) -> nn.Module:

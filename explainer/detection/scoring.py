@@ -12,6 +12,9 @@ from torch import Tensor
 
 from explainer.postprocess import normalize_maps
 
+#: an IoU this close to 1 is the detection's own box (up to rounding): its IoU term adds no gradient
+PERFECT_MATCH = 1e-6
+
 
 def box_score(boxes: Tensor, labels: Tensor, scores: Tensor, ref_labels: Tensor, ref_boxes: Tensor,
               iou_threshold: float, same_label: bool) -> Tensor:
@@ -21,8 +24,8 @@ def box_score(boxes: Tensor, labels: Tensor, scores: Tensor, ref_labels: Tensor,
     detection ``boxes`` ``(D, 4)`` that overlaps it most counts when the IoU exceeds ``iou_threshold``
     and its label matches: it adds ``IoU + scores[d]``. With ``same_label`` only detections of the
     reference's label compete. A reference label of -1 is padding and never matches. Differentiable
-    through ``boxes`` and ``scores`` (the IoU term has no gradient at IoU == 1: explaining a detection
-    by its own box explains its score); 0 (without grad) when there is no detection.
+    through ``boxes`` and ``scores`` (the IoU term has no gradient at IoU >= 1 - ``PERFECT_MATCH``:
+    explaining a detection by its own box explains its score); 0 (without grad) when there is no detection.
     """
     if boxes.shape[0] == 0 or ref_boxes.shape[0] == 0:
         return scores.new_zeros(())
@@ -34,8 +37,11 @@ def box_score(boxes: Tensor, labels: Tensor, scores: Tensor, ref_labels: Tensor,
     best_iou = ious.gather(1, best[:, None])[:, 0]
     # A detection explained with its own box sits at IoU == 1, the maximum, where the IoU is not
     # differentiable (min/max ties). Eager autograd splits the ties and gets 0; TorchScript's optimised
-    # executor does not. Made explicit: at a perfect match the IoU term adds no gradient.
-    best_iou = torch.where(best_iou.detach() >= 1.0, best_iou.detach(), best_iou)
+    # executor does not. Made explicit: at a perfect match the IoU term adds no gradient. "Perfect" is
+    # within PERFECT_MATCH of 1: the same box recomputed in another batch differs by rounding (1e-13 px
+    # in float64 measured on YOLOv8n), and an IoU of 1 - 1e-16 would bring the whole box-regression
+    # gradient back, a different map for the same detection.
+    best_iou = torch.where(best_iou.detach() >= 1.0 - PERFECT_MATCH, best_iou.detach(), best_iou)
     valid = (best_iou.detach() > iou_threshold) & (labels[best] == ref_labels) & (ref_labels >= 0)
     return torch.where(valid, best_iou + scores[best], torch.zeros_like(best_iou)).sum()
 

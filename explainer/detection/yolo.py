@@ -1,0 +1,209 @@
+"""Ultralytics YOLO detectors (YOLOv8, YOLO11: ``DetectionModel`` with a ``Detect`` head) split at the
+head's input maps without hooks.
+
+``prepare(images)`` runs the model's own layer loop (what ``DetectionModel._predict_once`` does: each
+layer reads the outputs its ``f`` index names) under ``torch.no_grad()`` up to the ``Detect`` head, whose
+inputs -- the neck's P3/P4/P5 maps (strides 8, 16, 32) -- are the target maps. ``detect(prepared, maps)``
+runs the head itself on the given maps (differentiable): box regression (DFL) and class scores decoded by
+ultralytics' own ``Detect`` code into ``(N, 4 + classes, anchors)``, then deploycam's confidence filter and
+class-aware NMS (torchvision's ``batched_nms``, ultralytics' defaults: confidence 0.25, IoU 0.7, 300
+boxes) pick the detections, whose boxes (``x1, y1, x2, y2`` in input pixels) and scores stay
+differentiable. Each detection also says which anchor (cell of which level) produced it.
+
+The head is run on a shallow copy per call: ``Detect`` caches its anchors on itself when the input size
+changes, and the model object is never changed. Images are ``(N, 3, H, W)`` in [0, 1] (RGB) with H and W
+multiples of the model's largest stride (32): :func:`letterbox` makes them from a picture, as
+ultralytics' predictor does, and maps boxes back.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from explainer.detection.parts import Prepared
+from explainer.errors import InputError, LayerNotFoundError, ModelOutputError
+
+#: ultralytics' predictor defaults
+CONFIDENCE = 0.25
+NMS_IOU = 0.7
+MAX_DETECTIONS = 300
+LETTERBOX_SIZE = 640
+PAD_VALUE = 114
+
+
+def is_yolo(model: nn.Module) -> bool:
+    """True for an ultralytics ``DetectionModel`` (or a model object of the same shape) ending in a ``Detect`` head."""
+    layers = getattr(model, "model", None)
+    if not isinstance(layers, nn.Sequential) or len(layers) == 0:
+        return False
+    head = layers[-1]
+    return any(t.__name__ == "Detect" for t in type(head).__mro__) and hasattr(head, "f") and hasattr(model, "save")
+
+
+def unwrap(model: Any) -> Any:
+    """``ultralytics.YOLO`` objects hold the ``DetectionModel`` as ``.model``; anything else as it is."""
+    inner = getattr(model, "model", None)
+    if type(model).__name__ in ("YOLO", "Model") and isinstance(inner, nn.Module) and is_yolo(inner):
+        return inner
+    return model
+
+
+class YoloParts:
+    """Backbone + neck (no grad) and ``Detect`` head (differentiable) of an ultralytics detector."""
+
+    def __init__(self, model: Any, confidence: float = CONFIDENCE, iou: float = NMS_IOU,
+                 max_detections: int = MAX_DETECTIONS) -> None:
+        if not is_yolo(model):
+            raise ModelOutputError(f"{type(model).__name__} is not an ultralytics DetectionModel with a Detect head")
+        head: Any = model.model[-1]
+        if getattr(head, "end2end", False):
+            raise ModelOutputError(f"{type(head).__name__} is an end-to-end (NMS-free) head; deploycam explains "
+                                   "the one-to-many Detect head of YOLOv8 / YOLO11 (end2end=False)")
+        for name, value in (("confidence", confidence), ("iou", iou)):
+            if not 0.0 <= float(value) <= 1.0:
+                raise InputError(f"{name} must be in [0, 1], got {value}")
+        self.model: Any = model  # ultralytics' DetectionModel: .model (layers), .save, .stride
+        self.head: Any = head
+        self.fpn = None  # no torchvision FPN (DetectionExplainer asks)
+        self.confidence, self.iou, self.max_detections = float(confidence), float(iou), int(max_detections)
+        self.inputs = [head.f] if isinstance(head.f, int) else list(head.f)  # the layers feeding the head
+        self.stride = int(max(float(s) for s in model.stride)) if hasattr(model, "stride") else 32
+        self.num_classes = int(head.nc)
+
+    def target_names(self) -> list[str]:
+        """The explainable maps: the head's inputs, ``model.<layer index>`` (P3, P4, P5)."""
+        return [f"model.{i}" for i in self.inputs]
+
+    def prepare(self, images: Tensor) -> Prepared:
+        """The model's layer loop under no_grad up to the head; the head's inputs are the target maps."""
+        h, w = images.shape[-2:]
+        if h % self.stride or w % self.stride:
+            raise InputError(f"YOLO input sides must be multiples of the model's stride {self.stride}; got {h}x{w}: "
+                             "letterbox the picture first (explainer.detection.letterbox)")
+        outputs: list[Tensor | None] = []
+        x: Any = images
+        with torch.no_grad():
+            for layer in self.model.model:
+                if layer.f != -1:
+                    x = outputs[layer.f] if isinstance(layer.f, int) else [x if j == -1 else outputs[j] for j in layer.f]
+                if layer is self.head:
+                    break
+                x = layer(x)
+                outputs.append(x if layer.i in self.model.save or layer.i in self.inputs else None)
+        maps = [t for t in (x if isinstance(x, list) else [x])]
+        return Prepared(images, images, [(h, w)] * len(images), maps, self.target_names(), [])
+
+    def decoded(self, maps: list[Tensor]) -> Tensor:
+        """The head's decoded output ``(N, 4 + classes, anchors)``: ``cx, cy, w, h`` in input pixels, then each
+        class's probability (ultralytics' own decoding, on a shallow copy of the head)."""
+        head = copy.copy(self.head)  # Detect caches anchors/strides on itself: on the copy, not the model
+        head.training = False
+        out = head(list(maps))
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+    def detect(self, prepared: Prepared, maps: list[Tensor]) -> list[dict[str, Tensor]]:
+        """Per image ``{"boxes" (D, 4) x1y1x2y2, "scores" (D,), "labels" (D,), "anchors" (D,)}`` after the
+        confidence filter and class-aware NMS, best first; boxes and scores differentiable from ``maps``."""
+        y = self.decoded(maps)
+        results = []
+        for row in y:  # (4 + classes, anchors)
+            xywh, probabilities = row[:4].T, row[4:].T
+            scores, labels = probabilities.max(dim=1)
+            keep = torch.nonzero(scores.detach() >= self.confidence).squeeze(1)
+            boxes = _xyxy(xywh[keep])
+            precision = torch.float32 if boxes.dtype in (torch.float16, torch.bfloat16) else boxes.dtype
+            chosen = batched_nms(boxes.detach().to(precision), scores[keep].detach().to(precision), labels[keep],
+                                 self.iou)
+            chosen = chosen[: self.max_detections]
+            results.append({"boxes": boxes[chosen], "scores": scores[keep][chosen], "labels": labels[keep][chosen],
+                            "anchors": keep[chosen]})
+        return results
+
+    def concatenated(self, prepared: Prepared) -> Tensor:
+        """The head's input maps, ``|x|`` resized bilinearly to the coarsest and concatenated on channels
+        ``(N, sum C_l, h, w)`` (what pytorch-grad-cam's YOLO examples feed EigenCAM), without grad."""
+        with torch.no_grad():
+            size = prepared.maps[-1].shape[-2:]
+            return torch.cat([F.interpolate(m.abs(), size=size, mode="bilinear", align_corners=False)
+                              for m in prepared.maps], dim=1)
+
+    def level_names(self, prepared: Prepared, levels: list[int]) -> list[str]:
+        return [prepared.names[i] for i in levels]
+
+    def selected(self, prepared: Prepared, levels: list[int] | None) -> list[int]:
+        count = len(prepared.maps)
+        chosen = list(range(count)) if levels is None else levels
+        bad = [i for i in chosen if not 0 <= i < count]
+        if bad:
+            raise LayerNotFoundError(f"the detector has {count} head inputs; level(s) {bad} do not exist")
+        return chosen
+
+
+def _xyxy(xywh: Tensor) -> Tensor:
+    centre, size = xywh[:, :2], xywh[:, 2:]
+    return torch.cat([centre - size / 2, centre + size / 2], dim=1)
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How a picture became a letterboxed input: scaled by ``gain``, then ``pad`` (left, top) pixels of
+    grey added; ``size`` is the original ``(height, width)``."""
+
+    gain: float
+    pad: tuple[int, int]
+    size: tuple[int, int]
+
+    def boxes_to_original(self, boxes: Tensor) -> Tensor:
+        """``(B, 4)`` x1y1x2y2 boxes in input pixels -> in the original picture's pixels (clipped to it)."""
+        left, top = self.pad
+        shift = boxes.new_tensor([left, top, left, top])
+        out = (boxes - shift) / self.gain
+        h, w = self.size
+        return torch.stack([out[:, 0].clamp(0, w), out[:, 1].clamp(0, h), out[:, 2].clamp(0, w),
+                            out[:, 3].clamp(0, h)], dim=1)
+
+    def map_to_original(self, cam: Tensor | np.ndarray) -> np.ndarray:
+        """An ``(H, W)`` map of the letterboxed input -> ``(h, w)`` over the original picture (padding cut,
+        resized with OpenCV's bilinear interpolation)."""
+        array = cam.detach().float().cpu().numpy() if isinstance(cam, Tensor) else np.asarray(cam, np.float32)
+        h, w = self.size
+        left, top = self.pad
+        inner_h, inner_w = round(h * self.gain), round(w * self.gain)
+        crop = array[top:top + inner_h, left:left + inner_w]
+        return cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def letterbox(picture: np.ndarray, size: int = LETTERBOX_SIZE, stride: int = 32, auto: bool = False,
+              scaleup: bool = True) -> tuple[Tensor, Letterbox]:
+    """An RGB ``(h, w, 3)`` uint8 picture -> ``((3, H, W) float32 in [0, 1], Letterbox)``, as ultralytics'
+    ``LetterBox``: scaled to fit ``size`` (kept aspect ratio; ``scaleup=False`` only shrinks), padded with
+    grey 114 to ``size x size`` (``auto=True``: only to the next multiple of ``stride``), centred."""
+    if not isinstance(picture, np.ndarray) or picture.ndim != 3 or picture.shape[2] != 3 or picture.dtype != np.uint8:
+        raise InputError("letterbox takes an RGB (h, w, 3) uint8 picture (explainer.imaging.load_image gives one)")
+    if size % stride:
+        raise InputError(f"size must be a multiple of stride {stride}, got {size}")
+    h, w = picture.shape[:2]
+    gain = min(size / h, size / w)
+    if not scaleup:
+        gain = min(gain, 1.0)
+    new_w, new_h = round(w * gain), round(h * gain)
+    pad_w, pad_h = size - new_w, size - new_h
+    if auto:
+        pad_w, pad_h = pad_w % stride, pad_h % stride
+    resized = cv2.resize(picture, (new_w, new_h), interpolation=cv2.INTER_LINEAR) if (new_w, new_h) != (w, h) \
+        else picture
+    top, left = int(round(pad_h / 2 - 0.1)), int(round(pad_w / 2 - 0.1))
+    bottom, right = int(round(pad_h / 2 + 0.1)), int(round(pad_w / 2 + 0.1))
+    padded = cv2.copyMakeBorder(resized, top, bottom, left, right, cv2.BORDER_CONSTANT,
+                                value=(PAD_VALUE, PAD_VALUE, PAD_VALUE))
+    tensor = torch.from_numpy(np.ascontiguousarray(padded)).permute(2, 0, 1).float().div(255.0)
+    return tensor, Letterbox(gain, (left, top), (h, w))
