@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torchvision
@@ -60,9 +61,35 @@ def available_models() -> list[str]:
     return list(LITE_MODELS) + sorted(torchvision.models.list_models(module=torchvision.models))
 
 
+#: Ultralytics YOLO detectors built from the yaml ultralytics ships (the yolo extra): random weights, or a
+#: checkpoint given with ``weights`` (an ultralytics ``.pt`` file, e.g. yolov8n.pt saved locally)
+YOLO_NAMES = tuple(f"yolo{version}{size}" for version in ("v8", "11") for size in "nsmlx")
+
+
 def detector_names() -> list[str]:
-    """torchvision's detectors (``fasterrcnn_*``, ``maskrcnn_*``, ``retinanet_*``, ``fcos_*``, ``ssd*``)."""
-    return sorted(torchvision.models.list_models(module=torchvision.models.detection))
+    """torchvision's detectors (``fasterrcnn_*``, ``maskrcnn_*``, ``retinanet_*``, ``fcos_*``, ``ssd*``) and
+    Ultralytics YOLOv8 / YOLO11 (``yolov8n`` ... ``yolo11x``: need the yolo extra)."""
+    return sorted(torchvision.models.list_models(module=torchvision.models.detection)) + list(YOLO_NAMES)
+
+
+def load_yolo(name: str, weights: str | None = None, seed: int = 0) -> nn.Module:
+    """An Ultralytics ``DetectionModel`` in eval mode: ``weights`` (an ultralytics checkpoint ``.pt``, loaded
+    by ultralytics, which unpickles it: load only files you trust) or seeded random weights from ``name``'s
+    yaml (nothing is downloaded)."""
+    try:
+        os.environ.setdefault("YOLO_OFFLINE", "1")
+        from ultralytics import YOLO
+    except ImportError as exc:
+        raise ModelLoadError(f"{name} needs ultralytics: pip install 'deploycam[yolo]'") from exc
+    if weights is not None and not os.path.isfile(weights):
+        raise ModelLoadError(f"weights file {weights} does not exist")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model: Any = YOLO(weights if weights is not None else f"{name}.yaml").model
+        except Exception as exc:  # noqa: BLE001 - ultralytics raises many kinds for a bad checkpoint
+            raise ModelLoadError(f"ultralytics could not load {weights or name}: {type(exc).__name__}: {exc}") from exc
+    return model.float().eval()
 
 
 def load_detector(name: str, weights: str | None = None, score_threshold: float = 0.5, seed: int = 0) -> nn.Module:
@@ -72,6 +99,8 @@ def load_detector(name: str, weights: str | None = None, score_threshold: float 
     if name not in detector_names():
         near = close_matches(name, detector_names())
         raise ModelLoadError(f"unknown detector {name!r}" + (f"; did you mean {', '.join(near)}?" if near else ""))
+    if name in YOLO_NAMES:
+        return load_yolo(name, weights, seed)
     threshold = {"box_score_thresh" if "rcnn" in name else "score_thresh": float(score_threshold)}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -204,3 +204,89 @@ def test_eigencam_agrees_with_pytorch_grad_cam_on_the_head_inputs(name, monkeypa
     with pgc.EigenCAM(peer, target_layers=[peer.model[i] for i in peer.model[-1].f]) as cam:
         theirs = cam(x, targets=[lambda output: output.sum()])[0]  # EigenCAM ignores it; a target must be given
     assert np.abs(ours - theirs).max() <= 1e-4  # measured 2.4e-7 on yolov8n (it resizes with OpenCV)
+
+
+@pytest.mark.parametrize("name", YOLOS)
+def test_k_targets_split_from_few_backwards_equal_one_backward_each(name):
+    """anchor_split: each target's gradient masked out of a shared backward equals its own backward (float64),
+    with targets whose windows overlap (neighbouring anchors: separate rounds), targets of two reference
+    boxes (two anchors), and one that matches nothing."""
+    from explainer.detection.anchor_split import _cells
+    from explainer.detection.explainer import _level_gradients
+
+    exp = Explainer.for_detector(float64_yolo(name))
+    parts = exp.parts
+    assert parts.radius == 2
+    x = yolo_images(2, seed=7, size=(128, 160)).double()
+    prepared = parts.prepare(x)
+    found = parts.detect(prepared, prepared.maps)
+    sizes = [tuple(m.shape[-2:]) for m in prepared.maps]
+    per_image = []
+    for d in found:
+        targets = [DetectionTarget([int(d["labels"][j])], d["boxes"][j:j + 1].tolist(), same_label=True)
+                   for j in range(12)]
+        targets.append(DetectionTarget(d["labels"][12:14].tolist(), d["boxes"][12:14].tolist(), same_label=True))
+        targets.append(DetectionTarget([1], [[0.0, 0.0, 1.0, 1.0]]))  # matches nothing
+        per_image.append(targets)
+    cells = _cells(found[0]["anchors"][:12], sizes)
+    assert any(a[0] == b[0] and abs(a[1] - b[1]) <= 4 and abs(a[2] - b[2]) <= 4
+               for i, a in enumerate(cells) for b in cells[i + 1:]), "no overlapping windows: pick other boxes"
+
+    def forward():  # a fresh graph: leaves, decoded output, scores (N, K)
+        leaves = [m.detach().requires_grad_(True) for m in prepared.maps]
+        detections, decoded = parts.detect_decoded(prepared, [leaf.clone() for leaf in leaves])
+        scores = torch.stack([torch.stack([t(d) for t in ts]) for d, ts in zip(detections, per_image)])
+        return leaves, decoded, scores
+
+    leaves, decoded, scores = forward()
+    split = parts.level_gradients(scores, decoded, leaves, [0, 1, 2], prepared)
+    for j in range(scores.shape[1]):
+        leaves, _, scores = forward()
+        alone = _level_gradients(scores[:, j:j + 1], leaves)  # one backward for target j: (N, 1, C, h, w)
+        for level, g in enumerate(split):
+            torch.testing.assert_close(g[:, j], alone[level][:, 0], rtol=0, atol=1e-12)
+    assert float(split[0][:, -1].abs().max()) == 0.0  # the unmatched target
+
+
+def test_receptive_radius_is_the_support_of_one_anchors_gradient():
+    from torch import nn
+
+    from explainer.detection.anchor_split import receptive_radius
+
+    parts = Explainer.for_detector(float64_yolo("yolov8n")).parts
+    x = yolo_images(1, seed=8, size=(128, 160)).double()
+    prepared = parts.prepare(x)
+    leaf = prepared.maps[0].detach().requires_grad_(True)
+    y = parts.decoded([leaf, *prepared.maps[1:]])
+    anchor = 5 * 20 + 7  # P3 (16 x 20): row 5, column 7
+    (g,) = torch.autograd.grad(y[0, :, anchor].sum(), leaf)
+    rows, cols = torch.nonzero(g[0].abs().sum(0), as_tuple=True)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (3, 7, 5, 9)  # radius 2 around (5, 7)
+    assert receptive_radius([nn.Sequential(nn.Conv2d(2, 2, 3, padding=2, dilation=2), nn.Conv2d(2, 2, 5, padding=2))]) == 4
+    assert receptive_radius([nn.Sequential(nn.Conv2d(2, 2, 3), nn.MaxPool2d(2))]) is None
+    assert receptive_radius([nn.Conv2d(2, 2, 3, stride=2)]) is None
+
+
+def test_cli_explains_a_picture_with_a_yolo_checkpoint(tmp_path, capsys):
+    """deploycam explain PHOTO --model yolov8n --weights ckpt.pt: letterboxed in, boxes and maps drawn on the
+    photo at its own size (an ultralytics-style checkpoint of the decisive test model)."""
+    import cv2
+
+    from deploycam.cli import main
+    from explainer.imaging import load_image
+
+    torch.save({"model": yolo("yolov8n")}, tmp_path / "ckpt.pt")
+    photo = tmp_path / "cat photo.jpg"
+    from skimage import data
+
+    cv2.imwrite(str(photo), data.chelsea()[:, :, ::-1])
+    out = tmp_path / "out"
+    argv = ["explain", str(photo), "--model", "yolov8n", "--weights", str(tmp_path / "ckpt.pt"), "--method", "layercam",
+            "--topk", "2", "--score-threshold", "0.3", "--out", str(out)]
+    assert main(argv) == 0
+    written = sorted(p.name for p in out.glob("*.png"))
+    assert len(written) == 3 and "cat photo_grid_layercam.png" in written
+    assert load_image(out / written[0]).shape == (300, 451, 3)
+    assert "layercam at model.15, model.18, model.21 of yolov8n" in capsys.readouterr().out
+    assert main(["explain", str(photo), "--model", "yolov8q", "--out", str(out)]) == 2
+    assert "unknown model 'yolov8q'" in capsys.readouterr().err

@@ -18,9 +18,11 @@ def explain_detector(args: argparse.Namespace, paths: Sequence[str], stems: dict
     from tqdm import tqdm
 
     from explainer.core import Explainer
+    from explainer.detection.explainer import ExplainedDetection
+    from explainer.detection.yolo import LETTERBOX_SIZE, letterbox
     from explainer.imaging import load_image
     from explainer.methods import get_method
-    from explainer.models import detector_categories, load_detector
+    from explainer.models import YOLO_NAMES, detector_categories, load_detector
     from explainer.overlay import draw_boxes, make_grid, overlay, save_png
 
     if args.classes:
@@ -40,6 +42,7 @@ def explain_detector(args: argparse.Namespace, paths: Sequence[str], stems: dict
     target = args.layer or ("backbone" if args.model.startswith("ssd") else "fpn")
     exp = Explainer.for_detector(model, target, args.method)
     names = detector_categories(args.model)
+    yolo = args.model in YOLO_NAMES  # letterboxed to 640 (stride 32); boxes and maps drawn back on the picture
     os.makedirs(args.out, exist_ok=True)
     failures, written = 0, 0
     for path in tqdm(paths, unit="img", desc="explain", file=sys.stderr):
@@ -49,8 +52,15 @@ def explain_detector(args: argparse.Namespace, paths: Sequence[str], stems: dict
             failures += 1
             tqdm.write(f"error: {exc} (skipped)", file=sys.stderr)
             continue
-        x = torch.from_numpy(image).permute(2, 0, 1).float().div(255.0)[None].to(device)
+        if yolo:
+            tensor, box = letterbox(image, size=args.size or LETTERBOX_SIZE)
+            x = tensor[None].to(device)
+        else:
+            x = torch.from_numpy(image).permute(2, 0, 1).float().div(255.0)[None].to(device)
         found = exp.explain_detections(x, score_threshold=args.score_threshold, max_boxes=args.topk)[0]
+        if yolo:
+            found = [ExplainedDetection(box.boxes_to_original(d.box[None])[0], d.label, d.score,
+                                        torch.from_numpy(box.map_to_original(d.cam))) for d in found]
         captions = [f"{names[d.label] if names and d.label < len(names) else d.label} {d.score:.2f}" for d in found]
         base = os.path.join(args.out, stems[path])
         os.makedirs(os.path.dirname(base), exist_ok=True)

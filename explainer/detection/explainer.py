@@ -256,14 +256,22 @@ class DetectionExplainer:
         maps = list(prepared.maps)
         for i, leaf in zip(levels, leaves):
             maps[i] = leaf.clone() if needs_grad else leaf  # clone: the head may work in place
+        split = needs_grad and per_image is not None and len(per_image[0]) > 1 and hasattr(self.parts, "level_gradients")
         with torch.set_grad_enabled(needs_grad):
-            detections = self.parts.detect(prepared, maps)
+            if split:  # a dense head: K targets' gradients from a few backwards (explainer.detection.anchor_split)
+                detections, decoded = self.parts.detect_decoded(prepared, maps)
+            else:
+                detections = self.parts.detect(prepared, maps)
         k = 1 if per_image is None else len(per_image[0])
         if needs_grad:
             assert per_image is not None
             with torch.enable_grad():
                 scores = torch.stack([torch.stack([t(d) for t in ts]) for d, ts in zip(detections, per_image)])
-            grads = _level_gradients(scores, leaves)
+            grads = None
+            if split and scores.requires_grad:
+                grads = self.parts.level_gradients(scores, decoded, leaves, levels, prepared)
+            if grads is None:
+                grads = _level_gradients(scores, leaves)
         else:
             grads = [leaf.new_empty(0) for leaf in leaves]
         raws = []

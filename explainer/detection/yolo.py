@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
+from explainer.detection.anchor_split import receptive_radius, split_gradients
 from explainer.detection.parts import Prepared
 from explainer.errors import InputError, LayerNotFoundError, ModelOutputError
 
@@ -78,6 +79,9 @@ class YoloParts:
         self.inputs = [head.f] if isinstance(head.f, int) else list(head.f)  # the layers feeding the head
         self.stride = int(max(float(s) for s in model.stride)) if hasattr(model, "stride") else 32
         self.num_classes = int(head.nc)
+        #: the head's receptive radius in cells (None: unknown, one backward per target)
+        self.radius = receptive_radius([*head.cv2, *head.cv3]) if hasattr(head, "cv2") and hasattr(head, "cv3") \
+            else None
 
     def target_names(self) -> list[str]:
         """The explainable maps: the head's inputs, ``model.<layer index>`` (P3, P4, P5)."""
@@ -113,6 +117,10 @@ class YoloParts:
     def detect(self, prepared: Prepared, maps: list[Tensor]) -> list[dict[str, Tensor]]:
         """Per image ``{"boxes" (D, 4) x1y1x2y2, "scores" (D,), "labels" (D,), "anchors" (D,)}`` after the
         confidence filter and class-aware NMS, best first; boxes and scores differentiable from ``maps``."""
+        return self.detect_decoded(prepared, maps)[0]
+
+    def detect_decoded(self, prepared: Prepared, maps: list[Tensor]) -> tuple[list[dict[str, Tensor]], Tensor]:
+        """:meth:`detect` and the head's decoded output ``(N, 4 + classes, anchors)`` the detections read."""
         y = self.decoded(maps)
         results = []
         for row in y:  # (4 + classes, anchors)
@@ -126,7 +134,16 @@ class YoloParts:
             chosen = chosen[: self.max_detections]
             results.append({"boxes": boxes[chosen], "scores": scores[keep][chosen], "labels": labels[keep][chosen],
                             "anchors": keep[chosen]})
-        return results
+        return results, y
+
+    def level_gradients(self, scores: Tensor, decoded: Tensor, leaves: list[Tensor], levels: list[int],
+                        prepared: Prepared) -> list[Tensor] | None:
+        """K targets' gradients ``(N, K, C, h, w)`` per leaf from a few head backwards
+        (:func:`~explainer.detection.anchor_split.split_gradients`); None where the head's locality is unknown."""
+        if self.radius is None:
+            return None
+        sizes = [tuple(m.shape[-2:]) for m in prepared.maps]
+        return split_gradients(scores, decoded, leaves, levels, sizes, self.radius)  # type: ignore[arg-type]
 
     def concatenated(self, prepared: Prepared) -> Tensor:
         """The head's input maps, ``|x|`` resized bilinearly to the coarsest and concatenated on channels

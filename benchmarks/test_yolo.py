@@ -1,0 +1,68 @@
+"""A YOLO detector's explanations against its plain inference (and pytorch-grad-cam's EigenCAM).
+
+    pytest benchmarks/test_yolo.py --benchmark-only -s
+
+Ultralytics YOLOv8n (seeded random weights from its yaml, made decisive as tests/yolo_models.py does: no
+weights download here) on scikit-image's chelsea photo letterboxed to 640x640, batch 1. Plain inference is
+what a deployed detector runs: backbone, neck, Detect head and NMS (deploycam's, ultralytics' defaults),
+without grad. Each case and the floor run in alternating rounds (explainer.timing.paired_ms); ratios are
+to the floor, ``! busy`` marks a floor spread over 25%. "10 boxes" is ``explain_detections(max_boxes=10)``:
+ten maps from the few head backwards explainer.detection.anchor_split needs, not ten. Skips without
+ultralytics (the yolo extra).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+
+def test_yolo_explanations(benchmark):
+    pytest.importorskip("ultralytics", reason="the yolo extra (ultralytics) is not installed")
+    from explainer import DetectionTarget, Explainer
+    from explainer.detection.yolo import letterbox
+    from explainer.imaging import sample_images
+    from explainer.timing import NOISY_SPREAD, paired_ms
+    from tests.yolo_models import yolo
+
+    model = yolo("yolov8n")
+    x = letterbox(sample_images()["chelsea"])[0][None]  # (1, 3, 640, 640)
+    exp = Explainer.for_detector(model, method="gradcam")
+    parts = exp.parts
+
+    def plain():
+        with torch.no_grad():
+            prepared = parts.prepare(x)
+            return parts.detect(prepared, prepared.maps)
+
+    found = plain()[0]
+    target = DetectionTarget([int(found["labels"][0])], found["boxes"][:1].tolist(), same_label=True)
+    cases = {
+        "gradcam, 1 box": lambda: exp(x, target),
+        "gradcam, 10 boxes each": lambda: exp.explain_detections(x, score_threshold=0.0, max_boxes=10),
+        "layercam, 10 boxes each": lambda: exp.with_method("layercam").explain_detections(x, 0.0, 10),
+        "eigencam, P3-P5": lambda: exp.with_method("eigencam")(x),
+    }
+    try:
+        import pytorch_grad_cam as pgc
+
+        peer = copy.deepcopy(model)
+        peer_cam = pgc.EigenCAM(peer, target_layers=[peer.model[i] for i in peer.model[-1].f])
+        cases["pytorch-grad-cam EigenCAM"] = lambda: peer_cam(x, targets=[lambda output: output.sum()])
+    except ImportError:
+        pass
+    alone = paired_ms(plain, plain, rounds=10)
+    rows = {name: paired_ms(fn, plain, rounds=10) for name, fn in cases.items()}
+    benchmark.group = "detector yolov8n"
+    benchmark.pedantic(lambda: exp(x, target), rounds=3, warmup_rounds=1, iterations=1)
+    floor = alone.floor_ms
+    print(f"\nYOLOv8n, chelsea letterboxed to 640x640, batch 1, {torch.get_num_threads()} threads; plain inference "
+          f"{floor:.1f} ms (alone; backbone, head and NMS):")
+    for name, p in rows.items():
+        note = "  ! busy" if p.floor_spread > NOISY_SPREAD else ""
+        if abs(p.floor_ms / floor - 1) > 0.25:
+            note += f"  ! plain inference beside it: {p.floor_ms:.1f} ms"
+        print(f"  {name:<26} {p.case_ms:7.1f} ms  {p.case_ms / floor:5.2f}x of plain inference{note}")
+        benchmark.extra_info[name] = p.case_ms / floor
