@@ -29,9 +29,9 @@ def _detector() -> torch.nn.Module:
 
 def test_detector_explanations(benchmark, tmp_path):
     import export
+    from deploycam.bench.report import time_against_plain
     from explainer import DetectionTarget, Explainer
     from explainer.imaging import sample_images
-    from explainer.timing import NOISY_SPREAD, paired_ms
 
     model = _detector()
     photo = torch.from_numpy(sample_images()["chelsea"]).permute(2, 0, 1).float().div(255)[None]  # (1, 3, 300, 451)
@@ -70,20 +70,9 @@ def test_detector_explanations(benchmark, tmp_path):
         cases["pytorch-grad-cam EigenCAM"] = lambda: peer_cam(photo, targets=peer_target)
     except ImportError:
         pass
-    alone = paired_ms(plain, plain, rounds=10)  # the floor by itself, before any case ran
-    rows = {name: paired_ms(fn, plain, rounds=10) for name, fn in cases.items()}
-    benchmark.group = "detector fasterrcnn_mobilenet_v3_large_320_fpn"
-    benchmark.pedantic(lambda: gradcam(photo, target), rounds=5, warmup_rounds=1, iterations=1)
-    floor = alone.floor_ms
-    print(f"\nFaster R-CNN mobilenet_v3_large_320_fpn, chelsea 300x451, batch 1, {torch.get_num_threads()} threads; "
-          f"plain inference {floor:.1f} ms (alone):")
-    for name, p in rows.items():
-        # a case can slow the plain run after it (pytorch-grad-cam's OpenCV resize wakes OpenCV's own
-        # thread pool on the same cores): ratios are to the floor measured alone, and such rows are marked
-        note = "  ! busy" if p.floor_spread > NOISY_SPREAD else ""
-        if abs(p.floor_ms / floor - 1) > 0.25:
-            note += f"  ! plain inference beside it: {p.floor_ms:.1f} ms"
-        print(f"  {name:<26} {p.case_ms:7.1f} ms  {p.case_ms / floor:5.2f}x of plain inference{note}")
-        benchmark.extra_info[name] = p.case_ms / floor
+    rows = time_against_plain(benchmark, "detector fasterrcnn_mobilenet_v3_large_320_fpn",
+                              "Faster R-CNN mobilenet_v3_large_320_fpn, chelsea 300x451, batch 1, "
+                              f"{torch.get_num_threads()} threads; " "plain inference {floor:.1f} ms (alone):",
+                              plain, cases, lambda: gradcam(photo, target))
     if "pytorch-grad-cam EigenCAM" not in rows:
         pytest.skip("pytorch-grad-cam (bench extra) not installed: its row was not measured")

@@ -21,10 +21,10 @@ import torch
 
 def test_yolo_explanations(benchmark):
     pytest.importorskip("ultralytics", reason="the yolo extra (ultralytics) is not installed")
+    from deploycam.bench.report import time_against_plain
     from explainer import DetectionTarget, Explainer
     from explainer.detection.yolo import letterbox
     from explainer.imaging import sample_images
-    from explainer.timing import NOISY_SPREAD, paired_ms
     from tests.yolo_models import yolo
 
     model = yolo("yolov8n")
@@ -53,16 +53,6 @@ def test_yolo_explanations(benchmark):
         cases["pytorch-grad-cam EigenCAM"] = lambda: peer_cam(x, targets=[lambda output: output.sum()])
     except ImportError:
         pass
-    alone = paired_ms(plain, plain, rounds=10)
-    rows = {name: paired_ms(fn, plain, rounds=10) for name, fn in cases.items()}
-    benchmark.group = "detector yolov8n"
-    benchmark.pedantic(lambda: exp(x, target), rounds=3, warmup_rounds=1, iterations=1)
-    floor = alone.floor_ms
-    print(f"\nYOLOv8n, chelsea letterboxed to 640x640, batch 1, {torch.get_num_threads()} threads; plain inference "
-          f"{floor:.1f} ms (alone; backbone, head and NMS):")
-    for name, p in rows.items():
-        note = "  ! busy" if p.floor_spread > NOISY_SPREAD else ""
-        if abs(p.floor_ms / floor - 1) > 0.25:
-            note += f"  ! plain inference beside it: {p.floor_ms:.1f} ms"
-        print(f"  {name:<26} {p.case_ms:7.1f} ms  {p.case_ms / floor:5.2f}x of plain inference{note}")
-        benchmark.extra_info[name] = p.case_ms / floor
+    time_against_plain(benchmark, "detector yolov8n",
+                       f"YOLOv8n, chelsea letterboxed to 640x640, batch 1, {torch.get_num_threads()} threads; plain "
+                       "inference {floor:.1f} ms (alone; backbone, head and NMS):", plain, cases, lambda: exp(x, target))

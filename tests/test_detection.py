@@ -25,20 +25,21 @@ GRADIENT_METHODS = [m for m in exportable_methods() if m not in ("eigencam",)]
 
 # --- the float64 oracle: hooks on the FPN's output convolutions, the score restated plainly --------------------
 
+def leaf_hook(leaves: dict, key):
+    """A forward hook that makes the module's output a fresh leaf ``leaves[key]`` (gradient taken there)."""
+    def hook(_module, _inputs, output):
+        leaf = output.detach().clone().requires_grad_(True)
+        leaves[key] = leaf
+        return leaf * 1.0
+    return hook
+
+
 def reference_maps(model, x, target: DetectionTarget):
     """A (N, C, h, w) and G = d score / dA per FPN level, from a float64 copy with forward hooks."""
     m = copy.deepcopy(model).double().eval()
-    leaves = {}
-
-    def keep(i):
-        def hook(_module, _inputs, output):
-            leaf = output.detach().clone().requires_grad_(True)
-            leaves[i] = leaf
-            return leaf * 1.0
-        return hook
-
+    leaves: dict = {}
     for i, block in enumerate(m.backbone.fpn.layer_blocks):
-        block.register_forward_hook(keep(i))
+        block.register_forward_hook(leaf_hook(leaves, i))
     score = restated_score(m(list(x.double())), target)
     order = sorted(leaves)
     grads = torch.autograd.grad(score, [leaves[i] for i in order])
@@ -410,3 +411,20 @@ def test_perturbation_methods_per_box_and_their_limits():
         Explainer.for_detector(model, "concat", "reciprocam")
     with pytest.raises(InputError, match="batch_size"):
         Explainer.for_detector(model, "fpn", "ablationcam", batch_size=0)
+
+
+def test_a_box_within_rounding_of_its_detection_adds_no_iou_gradient():
+    """IoU >= 1 - PERFECT_MATCH is the detection's own box recomputed (another batch's rounding): the score's
+    gradient is the confidence's alone, as at IoU == 1 exactly; a clearly different box keeps its IoU term."""
+    from explainer.detection.scoring import PERFECT_MATCH, box_score
+
+    assert PERFECT_MATCH == 1e-6  # the literal box_score compiles with (TorchScript reads no globals)
+    boxes = torch.tensor([[10.0, 10.0, 50.0, 60.0]], dtype=torch.float64, requires_grad=True)
+    scores = torch.tensor([0.9], dtype=torch.float64, requires_grad=True)
+    labels = torch.tensor([3])
+    for shift, iou_gradient in ((0.0, False), (1e-9, False), (1.0, True)):
+        ref = torch.tensor([[10.0 + shift, 10.0, 50.0, 60.0]], dtype=torch.float64)
+        g_boxes, g_scores = torch.autograd.grad(box_score(boxes, labels, scores, torch.tensor([3]), ref, 0.5, True),
+                                                [boxes, scores], allow_unused=True)
+        assert float(g_scores[0]) == 1.0
+        assert (g_boxes is not None and bool(g_boxes.abs().sum() > 0)) == iou_gradient, shift

@@ -15,7 +15,7 @@ from explainer import DetectionTarget, Explainer, InputError, LayerNotFoundError
 from explainer.detection.yolo import CONFIDENCE, MAX_DETECTIONS, NMS_IOU, letterbox
 from explainer.methods import exportable_methods
 from tests import reference
-from tests.test_detection import aggregate, restated_score
+from tests.test_detection import aggregate, leaf_hook, restated_score
 from tests.yolo_models import YOLOS, float64_yolo, yolo, yolo_images
 
 pytest.importorskip("ultralytics", reason="the yolo extra (ultralytics) is not installed")
@@ -29,17 +29,9 @@ def hooked_reference(model, x, target: DetectionTarget):
     restated plainly: ultralytics' decoded output, confidence >= 0.25, class-aware NMS at IoU 0.7, 300 kept."""
     m = copy.deepcopy(model).double().eval()
     head = m.model[-1]
-    leaves = {}
-
-    def keep(i):
-        def hook(_module, _inputs, output):
-            leaf = output.detach().clone().requires_grad_(True)
-            leaves[i] = leaf
-            return leaf * 1.0
-        return hook
-
+    leaves: dict = {}
     for i in head.f:
-        m.model[i].register_forward_hook(keep(i))
+        m.model[i].register_forward_hook(leaf_hook(leaves, i))
     y = m(x.double())[0][0]  # (4 + classes, anchors)
     scores, labels = y[4:].max(0)
     keep_ = scores.detach() >= CONFIDENCE

@@ -83,3 +83,36 @@ def write_png(path: str, results: Sequence[Result], env: dict) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def paired_rows(rows: dict, floor_ms: float) -> list[str]:
+    """One line per case of ``rows`` (name -> :class:`explainer.timing.Paired`): its median, its ratio to
+    ``floor_ms`` (plain inference measured alone), ``! busy`` where the floor beside it spread over 25%, and
+    the floor beside it where that moved over 25% from ``floor_ms`` (a case that slows what runs after it)."""
+    lines = []
+    for name, p in rows.items():
+        note = "  ! busy" if p.floor_spread > NOISY_SPREAD else ""
+        if abs(p.floor_ms / floor_ms - 1) > 0.25:
+            note += f"  ! plain inference beside it: {p.floor_ms:.1f} ms"
+        lines.append(f"  {name:<26} {p.case_ms:7.1f} ms  {p.case_ms / floor_ms:5.2f}x of plain inference{note}")
+    return lines
+
+
+def time_against_plain(benchmark, group: str, title: str, plain, cases: dict, headline, rounds: int = 10) -> dict:
+    """The detector benchmarks' protocol: the floor ``plain`` timed alone, then each case of ``cases`` (name ->
+    callable) in rounds alternating with it (:func:`explainer.timing.paired_ms`), ``headline`` through
+    pytest-benchmark; prints ``title`` (``{floor}``: plain inference's ms) and a line per case; ratios into
+    ``benchmark.extra_info``. Returns the rows (name -> Paired)."""
+    from explainer.timing import paired_ms
+
+    alone = paired_ms(plain, plain, rounds=rounds)  # the floor by itself, before any case ran
+    rows = {name: paired_ms(fn, plain, rounds=rounds) for name, fn in cases.items()}
+    benchmark.group = group
+    benchmark.pedantic(headline, rounds=3, warmup_rounds=1, iterations=1)
+    floor = alone.floor_ms
+    # a case can slow the plain run after it (pytorch-grad-cam's OpenCV resize wakes OpenCV's own
+    # thread pool on the same cores): ratios are to the floor measured alone, and such rows are marked
+    print("\n" + title.format(floor=floor))
+    print("\n".join(paired_rows(rows, floor)))
+    benchmark.extra_info.update({name: p.case_ms / floor for name, p in rows.items()})
+    return rows

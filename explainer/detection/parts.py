@@ -146,12 +146,17 @@ class DetectorParts:
 
     def selected(self, prepared: Prepared, levels: list[int] | None) -> list[int]:
         """Indices of the maps to explain (every level when ``levels`` is None)."""
-        count = len(prepared.maps)
-        chosen = list(range(count)) if levels is None else levels
-        bad = [i for i in chosen if not 0 <= i < count]
-        if bad:
-            raise LayerNotFoundError(f"the detector has {count} feature levels; level(s) {bad} do not exist")
-        return chosen
+        return selected_levels(prepared, levels)
+
+
+def selected_levels(prepared: Prepared, levels: list[int] | None) -> list[int]:
+    """Indices of ``prepared``'s maps to explain (every level when ``levels`` is None), checked."""
+    count = len(prepared.maps)
+    chosen = list(range(count)) if levels is None else levels
+    bad = [i for i in chosen if not 0 <= i < count]
+    if bad:
+        raise LayerNotFoundError(f"the detector has {count} feature levels; level(s) {bad} do not exist")
+    return chosen
 
 
 def detector_parts(model: Any) -> Any:

@@ -13,6 +13,7 @@ from torch import Tensor
 from explainer.postprocess import normalize_maps
 
 #: an IoU this close to 1 is the detection's own box (up to rounding): its IoU term adds no gradient
+#: (written as a literal in box_score: TorchScript compiles it and cannot read module globals)
 PERFECT_MATCH = 1e-6
 
 
@@ -41,7 +42,7 @@ def box_score(boxes: Tensor, labels: Tensor, scores: Tensor, ref_labels: Tensor,
     # within PERFECT_MATCH of 1: the same box recomputed in another batch differs by rounding (1e-13 px
     # in float64 measured on YOLOv8n), and an IoU of 1 - 1e-16 would bring the whole box-regression
     # gradient back, a different map for the same detection.
-    best_iou = torch.where(best_iou.detach() >= 1.0 - PERFECT_MATCH, best_iou.detach(), best_iou)
+    best_iou = torch.where(best_iou.detach() >= 1.0 - 1e-6, best_iou.detach(), best_iou)  # 1e-6: PERFECT_MATCH
     valid = (best_iou.detach() > iou_threshold) & (labels[best] == ref_labels) & (ref_labels >= 0)
     return torch.where(valid, best_iou + scores[best], torch.zeros_like(best_iou)).sum()
 

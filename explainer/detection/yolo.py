@@ -30,8 +30,8 @@ from torch import Tensor, nn
 from torchvision.ops import nms
 
 from explainer.detection.anchor_split import receptive_radius, split_gradients
-from explainer.detection.parts import Prepared
-from explainer.errors import InputError, LayerNotFoundError, ModelOutputError
+from explainer.detection.parts import Prepared, selected_levels
+from explainer.errors import InputError, ModelOutputError
 
 #: ultralytics' predictor defaults
 CONFIDENCE = 0.25
@@ -157,12 +157,7 @@ class YoloParts:
         return [prepared.names[i] for i in levels]
 
     def selected(self, prepared: Prepared, levels: list[int] | None) -> list[int]:
-        count = len(prepared.maps)
-        chosen = list(range(count)) if levels is None else levels
-        bad = [i for i in chosen if not 0 <= i < count]
-        if bad:
-            raise LayerNotFoundError(f"the detector has {count} head inputs; level(s) {bad} do not exist")
-        return chosen
+        return selected_levels(prepared, levels)
 
 
 def _class_aware_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float) -> Tensor:
