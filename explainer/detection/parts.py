@@ -134,9 +134,7 @@ class DetectorParts:
             maps, names = list(prepared.maps), list(prepared.names)
             if self.fpn is not None and self.fpn.extra_blocks is not None:
                 maps, names = self.fpn.extra_blocks(maps, list(prepared.body), names)
-            size = maps[-1].shape[-2:]
-            return torch.cat([F.interpolate(m.abs(), size=size, mode="bilinear", align_corners=False)
-                              for m in maps], dim=1)
+            return concatenated_levels(maps)
 
     def level_names(self, prepared: Prepared, levels: list[int]) -> list[str]:
         """Names of the explained maps: ``backbone.fpn.layer_blocks.<i>`` (FPN) or ``backbone.<output>`` (SSD)."""
@@ -147,6 +145,13 @@ class DetectorParts:
     def selected(self, prepared: Prepared, levels: list[int] | None) -> list[int]:
         """Indices of the maps to explain (every level when ``levels`` is None)."""
         return selected_levels(prepared, levels)
+
+
+def concatenated_levels(maps: list[Tensor]) -> Tensor:
+    """``|x|`` of each ``(N, C_l, h_l, w_l)`` map resized bilinearly to the last (coarsest) one's size and
+    concatenated on channels: ``(N, sum C_l, h, w)`` (pytorch-grad-cam's ``fasterrcnn_reshape_transform``)."""
+    size = maps[-1].shape[-2:]
+    return torch.cat([F.interpolate(m.abs(), size=size, mode="bilinear", align_corners=False) for m in maps], dim=1)
 
 
 def selected_levels(prepared: Prepared, levels: list[int] | None) -> list[int]:

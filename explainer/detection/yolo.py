@@ -6,8 +6,8 @@ layer reads the outputs its ``f`` index names) under ``torch.no_grad()`` up to t
 inputs -- the neck's P3/P4/P5 maps (strides 8, 16, 32) -- are the target maps. ``detect(prepared, maps)``
 runs the head itself on the given maps (differentiable): box regression (DFL) and class scores decoded by
 ultralytics' own ``Detect`` code into ``(N, 4 + classes, anchors)``, then deploycam's confidence filter and
-class-aware NMS (torchvision's ``batched_nms``, ultralytics' defaults: confidence 0.25, IoU 0.7, 300
-boxes) pick the detections, whose boxes (``x1, y1, x2, y2`` in input pixels) and scores stay
+class-aware NMS (torchvision's ``nms`` with classes shifted apart; ultralytics' defaults: confidence 0.25,
+IoU 0.7, 300 boxes) pick the detections, whose boxes (``x1, y1, x2, y2`` in input pixels) and scores stay
 differentiable. Each detection also says which anchor (cell of which level) produced it.
 
 The head is run on a shallow copy per call: ``Detect`` caches its anchors on itself when the input size
@@ -25,12 +25,11 @@ from typing import Any
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import nms
 
 from explainer.detection.anchor_split import receptive_radius, split_gradients
-from explainer.detection.parts import Prepared, selected_levels
+from explainer.detection.parts import Prepared, concatenated_levels, selected_levels
 from explainer.errors import InputError, ModelOutputError
 
 #: ultralytics' predictor defaults
@@ -74,7 +73,6 @@ class YoloParts:
                 raise InputError(f"{name} must be in [0, 1], got {value}")
         self.model: Any = model  # ultralytics' DetectionModel: .model (layers), .save, .stride
         self.head: Any = head
-        self.fpn = None  # no torchvision FPN (DetectionExplainer asks)
         self.confidence, self.iou, self.max_detections = float(confidence), float(iou), int(max_detections)
         self.inputs = [head.f] if isinstance(head.f, int) else list(head.f)  # the layers feeding the head
         self.stride = int(max(float(s) for s in model.stride)) if hasattr(model, "stride") else 32
@@ -103,7 +101,7 @@ class YoloParts:
                     break
                 x = layer(x)
                 outputs.append(x if layer.i in self.model.save or layer.i in self.inputs else None)
-        maps = [t for t in (x if isinstance(x, list) else [x])]
+        maps = list(x) if isinstance(x, list) else [x]
         return Prepared(images, images, [(h, w)] * len(images), maps, self.target_names(), [])
 
     def decoded(self, maps: list[Tensor]) -> Tensor:
@@ -142,16 +140,14 @@ class YoloParts:
         (:func:`~explainer.detection.anchor_split.split_gradients`); None where the head's locality is unknown."""
         if self.radius is None:
             return None
-        sizes = [tuple(m.shape[-2:]) for m in prepared.maps]
-        return split_gradients(scores, decoded, leaves, levels, sizes, self.radius)  # type: ignore[arg-type]
+        sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in prepared.maps]
+        return split_gradients(scores, decoded, leaves, levels, sizes, self.radius)
 
     def concatenated(self, prepared: Prepared) -> Tensor:
         """The head's input maps, ``|x|`` resized bilinearly to the coarsest and concatenated on channels
         ``(N, sum C_l, h, w)`` (what pytorch-grad-cam's YOLO examples feed EigenCAM), without grad."""
         with torch.no_grad():
-            size = prepared.maps[-1].shape[-2:]
-            return torch.cat([F.interpolate(m.abs(), size=size, mode="bilinear", align_corners=False)
-                              for m in prepared.maps], dim=1)
+            return concatenated_levels(prepared.maps)
 
     def level_names(self, prepared: Prepared, levels: list[int]) -> list[str]:
         return [prepared.names[i] for i in levels]
