@@ -1,4 +1,4 @@
-"""``deploycam explain IMG --model <torchvision detector>``: per-box maps drawn with their boxes."""
+"""``deploycam explain IMG --model <detector>`` (or ``--onnx yolo.onnx``): per-box maps drawn with their boxes."""
 
 from __future__ import annotations
 
@@ -35,14 +35,30 @@ def explain_detector(args: argparse.Namespace, paths: Sequence[str], stems: dict
     if clashes and not args.overwrite:
         raise InputError(f"{len(clashes)} file(s) in {args.out} would be overwritten ({clashes[0]}, ...); "
                          "pass --overwrite, or another --out")
-    model = load_detector(args.model, args.weights, args.score_threshold).to(device)
-    if args.weights is None:
-        print(f"note: {args.model} has random weights (nothing is downloaded); pass --weights PATH to a saved "
-              "state_dict for real detections", file=sys.stderr)
-    target = args.layer or ("backbone" if args.model.startswith("ssd") else "fpn")
-    exp = Explainer.for_detector(model, target, args.method)
-    names = detector_categories(args.model)
-    yolo = args.model in YOLO_NAMES  # letterboxed to 640 (stride 32); boxes and maps drawn back on the picture
+    size: int | tuple[int, int] = args.size or LETTERBOX_SIZE
+    if args.onnx:  # an ultralytics YOLO exported to ONNX: the file's own weights, class names and input size
+        if args.weights:
+            raise InputError("--weights is for --model; an --onnx file holds its own weights")
+        exp = Explainer.for_detector(args.onnx, args.layer or "detect", args.method)
+        exp.model.to(device)
+        names = exp.parts.class_names
+        if exp.parts.input_size is not None:
+            if args.size and (args.size, args.size) != exp.parts.input_size:
+                raise InputError(f"{args.onnx} takes {exp.parts.input_size[0]}x{exp.parts.input_size[1]} inputs; "
+                                 f"drop --size {args.size}")
+            size = exp.parts.input_size
+        label = os.path.basename(args.onnx)
+        yolo = True
+    else:
+        model = load_detector(args.model, args.weights, args.score_threshold).to(device)
+        if args.weights is None:
+            print(f"note: {args.model} has random weights (nothing is downloaded); pass --weights PATH to a saved "
+                  "state_dict for real detections", file=sys.stderr)
+        target = args.layer or ("backbone" if args.model.startswith("ssd") else "fpn")
+        exp = Explainer.for_detector(model, target, args.method)
+        names = detector_categories(args.model)
+        label = args.model
+        yolo = args.model in YOLO_NAMES  # letterboxed to 640 (stride 32); boxes and maps drawn back on the picture
     os.makedirs(args.out, exist_ok=True)
     failures, written = 0, 0
     for path in tqdm(paths, unit="img", desc="explain", file=sys.stderr):
@@ -53,7 +69,7 @@ def explain_detector(args: argparse.Namespace, paths: Sequence[str], stems: dict
             tqdm.write(f"error: {exc} (skipped)", file=sys.stderr)
             continue
         if yolo:
-            tensor, box = letterbox(image, size=args.size or LETTERBOX_SIZE)
+            tensor, box = letterbox(image, size=size)
             x = tensor[None].to(device)
         else:
             x = torch.from_numpy(image).permute(2, 0, 1).float().div(255.0)[None].to(device)
@@ -75,7 +91,7 @@ def explain_detector(args: argparse.Namespace, paths: Sequence[str], stems: dict
             save_png(f"{base}_grid_{exp.method.name}.png", make_grid(boxed, tiles, captions, args.colormap, args.alpha))
             written += 1
         tqdm.write(f"{path}: {', '.join(captions) if captions else 'no detection above the threshold'}")
-    print(f"wrote {written} PNG(s) to {args.out} ({exp.method.name} at {', '.join(exp.layers)} of {args.model})")
+    print(f"wrote {written} PNG(s) to {args.out} ({exp.method.name} at {', '.join(exp.layers)} of {label})")
     if failures:
         print(f"{failures} of {len(paths)} image(s) could not be read and were skipped", file=sys.stderr)
         return 1

@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
     stems = output_stems(paths)
     from explainer.models import detector_names
 
-    if not args.runtime and not args.onnx and args.model in detector_names():
+    from explainer.detection.yolo_onnx import is_detector_file
+
+    if not args.runtime and (args.model in detector_names() if not args.onnx else is_detector_file(args.onnx)):
         if not 0.0 <= args.score_threshold <= 1.0:
             raise InputError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
         if args.cuda_graphs:

@@ -165,11 +165,15 @@ def selected_levels(prepared: Prepared, levels: list[int] | None) -> list[int]:
 
 
 def detector_parts(model: Any) -> Any:
-    """The split of a detector this package knows: torchvision's (:class:`DetectorParts`) or an ultralytics
-    YOLO (:class:`~explainer.detection.yolo.YoloParts`; an ``ultralytics.YOLO`` object is unwrapped);
+    """The split of a detector this package knows: torchvision's (:class:`DetectorParts`), an ultralytics
+    YOLO (:class:`~explainer.detection.yolo.YoloParts`; an ``ultralytics.YOLO`` object is unwrapped) or its
+    ONNX export (a ``.onnx`` path, ModelProto or bytes: :class:`~explainer.detection.yolo_onnx.OnnxYoloParts`);
     otherwise :class:`ModelOutputError` naming the supported families."""
     from explainer.detection.yolo import YoloParts, is_yolo, unwrap
+    from explainer.detection.yolo_onnx import OnnxYoloParts, is_onnx_source
 
+    if is_onnx_source(model):
+        return OnnxYoloParts(model)
     model = unwrap(model)
     if isinstance(model, nn.Module) and is_yolo(model):
         return YoloParts(model)
@@ -177,7 +181,7 @@ def detector_parts(model: Any) -> Any:
         return DetectorParts(model)
     raise ModelOutputError(f"{type(model).__name__} is not a detector this explainer knows: torchvision's "
                            f"{', '.join(DETECTOR_TYPES)}, or an ultralytics YOLO DetectionModel (YOLOv8, YOLO11: "
-                           "YOLO('yolov8n.yaml').model); explain classifiers with Explainer(model, layer)")
+                           "YOLO('yolov8n.yaml').model) or its ONNX export (a .onnx path); explain classifiers with Explainer(model, layer)")
 
 
 def _shallow(module: nn.Module, **replace: nn.Module | None) -> nn.Module:

@@ -200,21 +200,23 @@ class Letterbox:
         return cv2.resize(crop, (w, h), interpolation=cv2.INTER_LINEAR)
 
 
-def letterbox(picture: np.ndarray, size: int = LETTERBOX_SIZE, stride: int = 32, auto: bool = False,
-              scaleup: bool = True) -> tuple[Tensor, Letterbox]:
+def letterbox(picture: np.ndarray, size: int | tuple[int, int] = LETTERBOX_SIZE, stride: int = 32,
+              auto: bool = False, scaleup: bool = True) -> tuple[Tensor, Letterbox]:
     """An RGB ``(h, w, 3)`` uint8 picture -> ``((3, H, W) float32 in [0, 1], Letterbox)``, as ultralytics'
-    ``LetterBox``: scaled to fit ``size`` (kept aspect ratio; ``scaleup=False`` only shrinks), padded with
-    grey 114 to ``size x size`` (``auto=True``: only to the next multiple of ``stride``), centred."""
+    ``LetterBox``: scaled to fit ``size`` (``H = W = size``, or ``(H, W)`` -- what a fixed-size ONNX file
+    takes; kept aspect ratio; ``scaleup=False`` only shrinks), padded with grey 114 to ``H x W``
+    (``auto=True``: only to the next multiple of ``stride``), centred."""
     if not isinstance(picture, np.ndarray) or picture.ndim != 3 or picture.shape[2] != 3 or picture.dtype != np.uint8:
         raise InputError("letterbox takes an RGB (h, w, 3) uint8 picture (explainer.imaging.load_image gives one)")
-    if size % stride:
-        raise InputError(f"size must be a multiple of stride {stride}, got {size}")
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if height % stride or width % stride or height < 1 or width < 1:
+        raise InputError(f"size must be a positive multiple of stride {stride}, got {size}")
     h, w = picture.shape[:2]
-    gain = min(size / h, size / w)
+    gain = min(height / h, width / w)
     if not scaleup:
         gain = min(gain, 1.0)
     new_w, new_h = round(w * gain), round(h * gain)
-    pad_w, pad_h = size - new_w, size - new_h
+    pad_w, pad_h = width - new_w, height - new_h
     if auto:
         pad_w, pad_h = pad_w % stride, pad_h % stride
     resized = cv2.resize(picture, (new_w, new_h), interpolation=cv2.INTER_LINEAR) if (new_w, new_h) != (w, h) \

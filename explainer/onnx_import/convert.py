@@ -96,9 +96,18 @@ class Converted:
 
 def to_torch(model: onnx.ModelProto, layout: str) -> Converted:
     """Convert a normalised ONNX model; raises :class:`OnnxModelError` naming the operators onnx2torch lacks."""
+    from onnx2torch.onnx_graph import OnnxGraph
+
+    graph = convert_graph(model)
+    names = list(OnnxGraph(model.graph).nodes)  # onnx2torch's module names, in node order
+    return Converted(OnnxModule(graph, layout).eval(), {i: f"onnx.{n}" for i, n in enumerate(names)})
+
+
+def convert_graph(model: onnx.ModelProto) -> nn.Module:
+    """onnx2torch's ``fx.GraphModule`` of ``model`` (inputs in the graph's order), in eval mode, with
+    constant shapes made static; :class:`OnnxModelError` naming the operators onnx2torch lacks."""
     try:
         import onnx2torch
-        from onnx2torch.onnx_graph import OnnxGraph
     except ImportError as exc:
         raise OnnxModelError("explaining ONNX files with gradient methods needs onnx2torch: "
                              "pip install 'deploycam[onnx]'") from exc
@@ -116,8 +125,7 @@ def to_torch(model: onnx.ModelProto, layout: str) -> Converted:
                              f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''})") from exc
     graph.eval()
     make_static(graph)
-    names = list(OnnxGraph(model.graph).nodes)  # onnx2torch's module names, in node order
-    return Converted(OnnxModule(graph, layout).eval(), {i: f"onnx.{n}" for i, n in enumerate(names)})
+    return graph
 
 
 def unsupported_ops(model: onnx.ModelProto) -> list[str]:
