@@ -9,11 +9,15 @@
     compare(explainer, rt, images)                                 # max |cam - eager|, same classes
     to_torchscript(Explainer.for_detector(detector), "det.pt", images)  # detectors: TorchScript
     detections, cams = load_detector("det.pt")(images, labels, boxes)   # labels (N, B), boxes (N, B, 4)
+    to_onnx(Explainer.for_detector(yolo), "yolo.onnx", images)         # YOLO: ONNX (any engine)
+    per_box = load("yolo.onnx", runtime="openvino").explain_detections(images)
 """
 
 from export.aoti import to_aoti
 from export.compare import Comparison, compare
 from export.detection_graph import DetectorGraphInfo, TorchScriptDetectionExplainer, load_detector
+from export.detector_onnx import DetectorOnnxInfo, detector_to_onnx
+from export.detector_runtime import OnnxDetectionRuntime
 from export.onnx_graph import model_to_onnx, to_onnx
 from export.parts import PARTS, GraphInfo
 from export.runtime import AotiExplainer, GraphRuntime, OnnxRuntimeExplainer, TorchScriptExplainer, load
@@ -21,4 +25,4 @@ from export.torchscript import to_torchscript
 
 __all__ = ["to_aoti", "AotiExplainer", "to_onnx", "model_to_onnx", "to_torchscript", "load", "compare", "Comparison", "PARTS", "GraphInfo",
            "GraphRuntime", "OnnxRuntimeExplainer", "TorchScriptExplainer", "load_detector", "DetectorGraphInfo",
-           "TorchScriptDetectionExplainer"]
+           "TorchScriptDetectionExplainer", "DetectorOnnxInfo", "detector_to_onnx", "OnnxDetectionRuntime"]

@@ -12,7 +12,8 @@ respect to the *input* only (all the explanation needs) each is a forward op:
   pooling), or products with the constant pooling matrices (any other ratio; the core
   decomposition would fix the batch size);
 * ``avg_pool2d_backward`` -> the same transposed convolution (padding counted);
-* eval-mode batch norm and max-pool backward from ``torch._decomp``.
+* eval-mode batch norm and max-pool backward from ``torch._decomp``;
+* ``empty_permuted`` with the identity layout -> ``empty``.
 """
 
 from __future__ import annotations
@@ -119,4 +120,13 @@ def gradient_decompositions() -> dict:
     table[aten._adaptive_avg_pool2d.default] = _adaptive_avg_pool2d
     table[aten._adaptive_avg_pool2d_backward.default] = _adaptive_avg_pool2d_backward
     table[aten.avg_pool2d_backward.default] = _avg_pool2d_backward
+    table[aten.empty_permuted.default] = _empty_permuted
     return table
+
+
+def _empty_permuted(size, physical_layout, dtype=None, layout=None, device=None, pin_memory=None):
+    """``empty_permuted`` (which ONNX lacks; a gradient's ``ones_like`` of a sliced map makes one, e.g. YOLO's
+    class branch) as a plain ``empty`` when its layout is the identity: only the values written later count."""
+    if list(physical_layout) != list(range(len(size))):
+        return NotImplemented
+    return aten.empty.memory_format(size, dtype=dtype, layout=layout, device=device, pin_memory=pin_memory)

@@ -294,7 +294,8 @@ def build_detection_graph(explainer: DetectionExplainer, example: Tensor) -> tup
     elif "SSD" in names:
         cls = SsdGraph
     else:
-        raise ExportError(f"no TorchScript graph for {type(model).__name__} detectors yet")
+        raise ExportError(f"no TorchScript graph for {type(model).__name__} detectors: YOLO explanations export "
+                          "to ONNX (export.to_onnx), which ONNX Runtime, OpenVINO and OpenCV run")
     if explainer.concat:
         raise ExportError("target_layer='concat' (levels resized and concatenated) has no TorchScript graph yet; "
                           "export 'fpn' or a list of levels")

@@ -181,8 +181,13 @@ def build_onnx_module(explainer: Explainer, example_input: Tensor, part: str = "
 
 
 def to_onnx(explainer: Explainer, path: str | os.PathLike, example_input: Tensor, part: str = "full",
-            opset: int | None = None, dynamic_batch: bool = True) -> GraphInfo:
+            opset: int | None = None, dynamic_batch: bool = True, *, targets: str = "detections",
+            max_boxes: int = 10, score_threshold: float | None = None) -> Any:
     """Export the explanation to an ONNX file that needs no custom operator.
+
+    A YOLO detector's explainer (:meth:`Explainer.for_detector`) exports through
+    :func:`export.detector_onnx.detector_to_onnx` (``targets``, ``max_boxes``, ``score_threshold`` are its
+    options; ``part`` and ``dynamic_batch`` do not apply) and returns its ``DetectorOnnxInfo``.
 
     Args:
         explainer: an eval-mode :class:`~explainer.Explainer` with a gradient or activation method.
@@ -200,6 +205,15 @@ def to_onnx(explainer: Explainer, path: str | os.PathLike, example_input: Tensor
     """
     import onnx
 
+    from explainer.detection.explainer import DetectionExplainer
+
+    if isinstance(explainer, DetectionExplainer):
+        from export.detector_onnx import detector_to_onnx
+
+        if part != "full" or not dynamic_batch:
+            raise ExportError("a detector explanation exports as one graph from the images with a dynamic batch "
+                              "(part='full', dynamic_batch=True)")
+        return detector_to_onnx(explainer, path, example_input, targets, max_boxes, score_threshold, opset)
     if opset is not None and (isinstance(opset, bool) or opset not in SUPPORTED_OPSETS):
         raise ExportError(f"opset must be between {SUPPORTED_OPSETS[0]} and {SUPPORTED_OPSETS[-1]} (what "
                           f"torch's exporter writes natively), got {opset!r}")

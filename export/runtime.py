@@ -10,6 +10,7 @@ import os
 import warnings
 import zipfile
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from explainer.scoring import Targets, check_one_of, resolve_targets, topk_targe
 from explainer.targets import is_target_callable
 from explainer.tracing_lock import running
 from export.detection_graph import is_detector_graph
+from export.detector_runtime import OnnxDetectionRuntime, detector_info
 from export.graph_files import GRAPH_SUFFIXES, check_graph_path
 from export.onnx_graph import METADATA_KEY
 from export.ort_binding import BoundRun
@@ -286,8 +288,9 @@ ONNX_RUNTIMES = ("onnxruntime", "openvino", "opencv")
 
 def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str | tuple[str, dict]] | None = None,
          strict: bool = False, threads: int | None = None, spin: bool = True, runtime: str = "onnxruntime",
-         verify: bool = True, io_binding: bool | None = None, cuda_graph: bool = False) -> GraphRuntime:
-    """Open an exported explanation.
+         verify: bool = True, io_binding: bool | None = None, cuda_graph: bool = False) -> Any:
+    """Open an exported explanation: a :class:`GraphRuntime`, or for a detector's ONNX graph an
+    :class:`~export.detector_runtime.OnnxDetectionRuntime` (in ``runtime``'s engine).
 
     Args:
         path: a ``.onnx`` file (ONNX Runtime), a TorchScript file (``.pt``/``.ts``/``.pth``), or an
@@ -318,6 +321,8 @@ def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str |
     if runtime not in ONNX_RUNTIMES:
         raise ExportError(f"runtime must be one of {', '.join(ONNX_RUNTIMES)}, got {runtime!r}")
     suffix = check_graph_path(path)
+    if suffix == ".onnx" and runtime != "onnxruntime" and detector_info(path) is not None:
+        return OnnxDetectionRuntime(path, runtime, device, threads, spin)
     if runtime != "onnxruntime":
         if suffix != ".onnx":
             raise ExportError(f"runtime={runtime!r} runs .onnx files; {path} is a {GRAPH_SUFFIXES[suffix]} file "
@@ -328,6 +333,8 @@ def load(path: str | os.PathLike, device: str = "cpu", providers: Sequence[str |
         return engine(path, device, verify)
     if suffix == ".pt2":
         return AotiExplainer(path, device)
+    if suffix == ".onnx" and detector_info(path) is not None:
+        return OnnxDetectionRuntime(path, runtime, device, threads, spin)
     if suffix == ".onnx":
         return OnnxRuntimeExplainer(path, device, providers, strict, threads, spin, io_binding, cuda_graph)
     if zipfile.is_zipfile(path):

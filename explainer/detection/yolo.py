@@ -91,24 +91,30 @@ class YoloParts:
         if h % self.stride or w % self.stride:
             raise InputError(f"YOLO input sides must be multiples of the model's stride {self.stride}; got {h}x{w}: "
                              "letterbox the picture first (explainer.detection.letterbox)")
+        with torch.no_grad():
+            maps = self.level_maps(images)
+        return Prepared(images, images, [(h, w)] * len(images), maps, self.target_names(), [])
+
+    def level_maps(self, images: Tensor) -> list[Tensor]:
+        """The head's input maps ``[(N, C_l, H / s_l, W / s_l)]`` (P3, P4, P5) of ``images`` ``(N, 3, H, W)``:
+        the model's layer loop up to the head, in the caller's grad mode (traceable: no size is read)."""
         outputs: list[Tensor | None] = []
         x: Any = images
-        with torch.no_grad():
-            for layer in self.model.model:
-                if layer.f != -1:
-                    x = outputs[layer.f] if isinstance(layer.f, int) else [x if j == -1 else outputs[j] for j in layer.f]
-                if layer is self.head:
-                    break
-                x = layer(x)
-                outputs.append(x if layer.i in self.model.save or layer.i in self.inputs else None)
-        maps = list(x) if isinstance(x, list) else [x]
-        return Prepared(images, images, [(h, w)] * len(images), maps, self.target_names(), [])
+        for layer in self.model.model:
+            if layer.f != -1:
+                x = outputs[layer.f] if isinstance(layer.f, int) else [x if j == -1 else outputs[j] for j in layer.f]
+            if layer is self.head:
+                break
+            x = layer(x)
+            outputs.append(x if layer.i in self.model.save or layer.i in self.inputs else None)
+        return list(x) if isinstance(x, list) else [x]
 
     def decoded(self, maps: list[Tensor]) -> Tensor:
         """The head's decoded output ``(N, 4 + classes, anchors)``: ``cx, cy, w, h`` in input pixels, then each
         class's probability (ultralytics' own decoding, on a shallow copy of the head)."""
         head = copy.copy(self.head)  # Detect caches anchors/strides on itself: on the copy, not the model
         head.training = False
+        head.shape = None  # anchors made afresh (cheap): comparing a cached shape would pin a traced graph's sizes
         out = head(list(maps))
         return out[0] if isinstance(out, (tuple, list)) else out
 

@@ -123,9 +123,13 @@ class OnnxYoloParts(YoloParts):
             raise InputError(f"this ONNX file takes {self.input_size[0]}x{self.input_size[1]} inputs (exported "
                              f"without dynamic=True); got {h}x{w}: letterbox to that size")
         with torch.no_grad():
-            out = self.model.backbone(images)
-        maps = list(out) if isinstance(out, (list, tuple)) else [out]
+            maps = self.level_maps(images)
         return Prepared(images, images, [(h, w)] * len(images), maps, self.target_names(), [])
+
+    def level_maps(self, images: Tensor) -> list[Tensor]:
+        """The backbone graph's outputs, the head's input maps ``[(N, C_l, h_l, w_l)]``, in the caller's grad mode."""
+        out = self.model.backbone(images)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
 
     def decoded(self, maps: list[Tensor]) -> Tensor:
         """The head graph's output ``(N, 4 + classes, anchors)``."""

@@ -1,0 +1,241 @@
+"""ONNX export of a YOLO detector's explanation, gradient included, and its runtimes.
+
+``export.to_onnx(Explainer.for_detector(yolo), "explain.onnx", example)`` writes one graph that runs in
+ONNX Runtime, OpenVINO and OpenCV's DNN (new engine) with no custom operator::
+
+    images (N, 3, H, W) in [0, 1]
+      -> backbone + neck (the head's input maps), without grad
+      -> targets: targets="detections": each image's max_boxes best detections (greedy class-aware NMS
+         unrolled max_boxes times, explainer.detection.anchor_targets.top_detections); targets="boxes":
+         the graph's inputs ref_boxes (N, K, 4) and ref_labels (N, K) (label -1: padding)
+      -> each image's maps repeated once per target; the head on every copy; target k's box score
+         (anchor_targets.anchor_scores) on copy k; one backward of their sum: (N, K, C, h, w) per level
+      -> the method (the eager explainer's method.compute) per level -> combine_levels -> cams
+    outputs: boxes (N, K, 4), scores (N, K), labels (N, K) (-1: no detection / unmatched), cams (N, K, H, W)
+
+No exporter accepts ``autograd.grad``; as for classifiers (:mod:`export.onnx_graph`), the function is
+traced first by ``make_fx`` with :func:`~export.decompositions.gradient_decompositions` (the gradient
+becomes forward ops: transposed convolutions), then exported by ``torch.onnx.export(dynamo=True)``.
+The batch (and K for targets="boxes") stays symbolic; the image size is the example's. The K copies
+cost K head forwards and backwards per image in the graph: the eager explainer's anchor split
+(:mod:`explainer.detection.anchor_split`) is data-dependent and is not in the graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.export import Dim
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from explainer.detection.anchor_targets import anchor_scores, top_detections
+from explainer.detection.scoring import combine_levels
+from explainer.errors import ExportError, InputError
+from explainer.tracing_lock import tracing
+from export.decompositions import gradient_decompositions
+from export.engine_patterns import engine_safe
+from export.parts import check_destination
+
+#: what the graph's targets are: its own top detections, or boxes and labels given as inputs
+TARGET_MODES = ("detections", "boxes")
+#: the key of the deploycam metadata in the ONNX file (the classifier graphs' key)
+METADATA_KEY = "deploycam"
+OUTPUTS = ["boxes", "scores", "labels", "cams"]
+
+
+@dataclass(frozen=True)
+class DetectorOnnxInfo:
+    """What a detector ONNX graph computes (stored in the file under ``deploycam``).
+
+    Attributes:
+        method, layers: the method and the explained maps; detector: the model family.
+        image_size: ``(H, W)`` the graph takes. targets: ``"detections"`` or ``"boxes"``.
+        max_boxes: K of targets="detections" (None for "boxes": K is the inputs').
+        confidence, nms_iou, score_threshold, iou_threshold: the detection and box-score settings.
+        part: always ``"detector"``; format: ``"onnx"``.
+    """
+
+    method: str
+    layers: tuple[str, ...]
+    detector: str
+    image_size: tuple[int, int]
+    targets: str
+    max_boxes: int | None
+    confidence: float
+    nms_iou: float
+    score_threshold: float
+    iou_threshold: float
+    part: str = "detector"
+    format: str = "onnx"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> DetectorOnnxInfo:
+        data = json.loads(text)
+        data["layers"], data["image_size"] = tuple(data["layers"]), tuple(data["image_size"])
+        return cls(**data)
+
+
+def explanation_function(explainer: Any, levels: list[int], targets: str, max_boxes: int, score_threshold: float,
+                         iou_threshold: float = 0.5) -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]:
+    """The traced function: ``(images[, boxes, labels]) -> (boxes, scores, labels, cams)`` (module docstring)."""
+    parts, method = explainer.parts, explainer.method
+
+    def explain(images: Tensor, ref_boxes: Tensor | None = None,
+                ref_labels: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        height, width = images.shape[-2], images.shape[-1]
+        with torch.no_grad():
+            maps = parts.level_maps(images)
+        picked = None
+        if targets == "detections":
+            with torch.no_grad():
+                picked = top_detections(parts.decoded(maps), max_boxes, parts.confidence, parts.iou, score_threshold)
+            ref_boxes, ref_labels = picked[0], picked[2]
+        assert ref_boxes is not None and ref_labels is not None
+        n, k = images.shape[0], ref_boxes.shape[1]
+        copies = [m[:, None].expand(n, k, *m.shape[1:]).reshape(n * k, *m.shape[1:]) for m in maps]
+        flat_boxes, flat_labels = ref_boxes.reshape(n * k, 1, 4), ref_labels.reshape(n * k, 1)
+
+        def total(*leaves: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
+            inputs = list(copies)
+            for i, leaf in zip(levels, leaves):
+                inputs[i] = leaf
+            scores, box, probability, matched = anchor_scores(parts.decoded(inputs), flat_boxes, flat_labels,
+                                                              parts.confidence, iou_threshold)
+            return scores.sum(), (box, probability, matched)
+
+        leaves = [copies[i] for i in levels]
+        if method.needs_gradient:
+            grads, (box, probability, matched) = torch.func.grad(total, argnums=tuple(range(len(levels))),
+                                                                 has_aux=True)(*leaves)
+            raws = [method.compute(maps[i], g.reshape(n, k, *g.shape[1:])) for i, g in zip(levels, grads)]
+        else:  # no gradient: the targets read from one head run over the batch, no copies
+            with torch.no_grad():
+                _, box, probability, matched = anchor_scores(parts.decoded(maps), ref_boxes, ref_labels,
+                                                             parts.confidence, iou_threshold)
+                raws = [method.compute(maps[i], maps[i].new_empty(0)).expand(-1, k, -1, -1) for i in levels]
+        cams = combine_levels(raws, height, width, height, width, height, width)
+        labels = torch.where(matched.reshape(n, k), ref_labels, torch.full_like(ref_labels, -1))
+        if picked is not None:
+            return picked[0], picked[1], labels, cams
+        return box.reshape(n, k, 4), probability.reshape(n, k), labels, cams
+
+    if targets == "detections":
+        def own_detections(images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            return explain(images)
+
+        return own_detections
+    return explain
+
+
+def _free_size(taken: set[int], start: int = 2) -> int:
+    """A size >= start that no fixed axis of the example has (make_fx gives equal sizes one symbol)."""
+    return next(b for b in range(start, 200) if b not in taken)
+
+
+def detector_to_onnx(explainer: Any, path: str | os.PathLike, example: Tensor, targets: str = "detections",
+                     max_boxes: int = 10, score_threshold: float | None = None, opset: int | None = None,
+                     ) -> DetectorOnnxInfo:
+    """Export a YOLO :class:`~explainer.detection.DetectionExplainer` (PyTorch model or ONNX file) to an ONNX
+    graph (see the module docstring); returns the metadata stored in it.
+
+    Args:
+        explainer: a detector explainer of an ultralytics YOLO, with a gradient method or eigencam.
+        path: the ``.onnx`` file to write (weights inside); its folder must exist.
+        example: ``(N, 3, H, W)`` images in [0, 1] (letterboxed: sides multiples of 32); fixes H x W.
+        targets: ``"detections"`` (the graph explains its own ``max_boxes`` best detections) or
+            ``"boxes"`` (``ref_boxes`` ``(N, K, 4)`` and ``ref_labels`` ``(N, K)`` int64 are inputs, K any).
+        score_threshold: the least score a detection needs to be explained (None: the confidence filter's).
+    """
+    import onnx
+
+    from export.onnx_graph import SUPPORTED_OPSETS
+
+    parts = explainer.parts
+    if not hasattr(parts, "level_maps"):
+        raise ExportError(f"no ONNX graph for {type(explainer.model).__name__} detector explanations yet: YOLO "
+                          "detectors (PyTorch or ONNX files) export to ONNX, torchvision detectors to TorchScript "
+                          "(export.to_torchscript)")
+    from explainer.detection.yolo_onnx import OnnxYoloParts
+
+    if isinstance(parts, OnnxYoloParts):
+        raise ExportError("the explanation of a YOLO given as an ONNX file does not export yet (onnx2torch's "
+                          "converted shape ops do not trace symbolically); export from the PyTorch model "
+                          "(YOLO('yolov8n.pt').model), or run the file's explanation eagerly")
+    if targets not in TARGET_MODES:
+        raise ExportError(f"targets must be one of {', '.join(TARGET_MODES)}, got {targets!r}")
+    if isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or not 1 <= max_boxes <= 100:
+        raise ExportError(f"max_boxes must be an int from 1 to 100, got {max_boxes!r}")
+    if explainer.concat or not explainer.method.exportable:
+        raise ExportError(f"{explainer.method.name if not explainer.method.exportable else 'target_layer=concat'} "
+                          "has no ONNX detector graph: export a gradient method or eigencam on the head's inputs")
+    if opset is not None and (isinstance(opset, bool) or opset not in SUPPORTED_OPSETS):
+        raise ExportError(f"opset must be between {SUPPORTED_OPSETS[0]} and {SUPPORTED_OPSETS[-1]}, got {opset!r}")
+    threshold = parts.confidence if score_threshold is None else float(score_threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ExportError(f"score_threshold must be in [0, 1], got {score_threshold}")
+    check_destination(path)
+    explainer._check(example)
+    prepared = parts.prepare(example[:1])
+    levels = parts.selected(prepared, explainer.levels)
+    taken = {int(s) for m in prepared.maps for s in m.shape[1:]} | {1, 3, 4, 16, *example.shape[1:]}
+    batch = _free_size(taken)
+    images = example[:1].expand(batch, -1, -1, -1).contiguous()
+    inputs: tuple[Tensor, ...] = (images,)
+    if targets == "boxes":
+        k = _free_size(taken | {batch})
+        h, w = example.shape[-2:]
+        corner = torch.rand(batch, k, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([w / 2, h / 2])
+        boxes = torch.cat([corner, corner + torch.tensor([w / 4, h / 4])], dim=2).to(example)
+        inputs = (images, boxes, torch.zeros(batch, k, dtype=torch.int64, device=example.device))
+    fn = explanation_function(explainer, levels, targets, max_boxes, threshold)
+    info = DetectorOnnxInfo(explainer.method.name, tuple(parts.level_names(prepared, levels)),
+                            type(explainer.model).__name__, (int(example.shape[-2]), int(example.shape[-1])),
+                            targets, max_boxes if targets == "detections" else None, parts.confidence, parts.iou,
+                            threshold, 0.5)
+    with tracing():
+        try:
+            traced = make_fx(fn, decomposition_table=gradient_decompositions(), tracing_mode="symbolic",
+                             _allow_non_fake_inputs=True)(*inputs)
+        except Exception as exc:  # noqa: BLE001 - tracing failures come in many types
+            raise ExportError(f"could not trace the detector's explanation: {type(exc).__name__}: {exc}") from exc
+        batch_dim = Dim("batch", min=1)
+        dynamic: tuple[dict[int, Any], ...] = ({0: batch_dim},)
+        names = ["images"]
+        if targets == "boxes":
+            boxes_dim = Dim("boxes", min=1)
+            dynamic += ({0: batch_dim, 1: boxes_dim}, {0: batch_dim, 1: boxes_dim})
+            names += ["ref_boxes", "ref_labels"]
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used")
+                program = torch.onnx.export(traced, inputs, dynamo=True, input_names=names,
+                                            output_names=OUTPUTS,
+                                            opset_version=opset, dynamic_shapes=dynamic, external_data=False,
+                                            verbose=False)
+        except Exception as exc:  # noqa: BLE001 - exporter errors vary; name the failing op
+            op = re.search(r"op='([^']+)', overload='([^']+)'", str(exc))
+            reason = f"the graph uses {op.group(1)}.{op.group(2)}, which has no ONNX translation" if op else \
+                f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            raise ExportError(f"torch.onnx.export failed for the {info.detector} explanation: {reason}") from exc
+    if program is None:  # pragma: no cover - the dynamo exporter always returns a program
+        raise ExportError("torch.onnx.export returned no program")
+    model = engine_safe(program.model_proto)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, info.to_json()
+    onnx.checker.check_model(model)
+    onnx.save_model(model, os.fspath(path))
+    return info

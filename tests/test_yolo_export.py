@@ -1,0 +1,164 @@
+"""A YOLO detector's explanation exported to ONNX (export.detector_onnx) and run by ONNX Runtime, OpenVINO and
+OpenCV's DNN: the eager explainer's detections and maps on fresh images (another batch size than the export's),
+both target modes, padding, clear errors. Each export traces for ~40 s: one file per mode, shared."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import export
+from explainer import Explainer, InputError
+from explainer.errors import ExportError
+from tests.yolo_models import yolo, yolo_images
+
+pytest.importorskip("ultralytics", reason="the yolo extra (ultralytics) is not installed")
+
+SIZE = (128, 160)
+K = 4
+THRESHOLD = 0.3
+#: max |cam - eager| (maps in [0, 1]); measured 1.2e-5 (ONNX Runtime), 1.5e-5 (OpenVINO), 1.9e-5 (OpenCV)
+MAP_TOLERANCE = 1e-4
+
+
+def runtimes() -> list:
+    import cv2
+
+    from export.opencv_dnn import new_engine
+
+    found = ["onnxruntime"]
+    try:
+        import openvino  # noqa: F401
+
+        found.append("openvino")
+    except ImportError:
+        pass
+    try:
+        new_engine(cv2)
+        found.append("opencv")
+    except ExportError:
+        pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def graphs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("yolo_export")
+    exp = Explainer.for_detector(yolo("yolov8n"))
+    example = yolo_images(1, seed=9, size=SIZE)
+    files = {}
+    for targets in ("detections", "boxes"):
+        path = folder / f"{targets}.onnx"
+        info = export.to_onnx(exp, path, example, targets=targets, max_boxes=K, score_threshold=THRESHOLD)
+        assert info.targets == targets and info.image_size == SIZE and info.method == "gradcam"
+        files[targets] = str(path)
+    return exp, files
+
+
+def eager_boxes(found: list, k: int) -> tuple[np.ndarray, np.ndarray]:
+    boxes, labels = np.zeros((len(found), k, 4), np.float32), np.full((len(found), k), -1, np.int64)
+    for i, detections in enumerate(found):
+        for j, d in enumerate(detections[:k]):
+            boxes[i, j], labels[i, j] = d.box.numpy(), d.label
+    return boxes, labels
+
+
+@pytest.mark.parametrize("runtime", runtimes())
+def test_the_detections_graph_explains_what_the_eager_explainer_does(graphs, runtime):
+    exp, files = graphs
+    x = yolo_images(3, seed=4, size=SIZE)
+    eager = exp.explain_detections(x, score_threshold=THRESHOLD, max_boxes=K)
+    rt = export.load(files["detections"], runtime=runtime)
+    assert rt.backend.startswith(runtime)
+    found = rt.explain_detections(x)
+    assert [len(d) for d in found] == [len(d) for d in eager] and sum(len(d) for d in eager) >= 6
+    for image_eager, image_graph in zip(eager, found):
+        for a, b in zip(image_eager, image_graph):
+            assert a.label == b.label and abs(a.score - b.score) < 1e-4
+            torch.testing.assert_close(b.box, a.box, atol=1e-3, rtol=0)
+            assert float(a.cam.max()) > 0
+            assert float((a.cam - b.cam).abs().max()) <= MAP_TOLERANCE
+
+
+@pytest.mark.parametrize("runtime", runtimes())
+def test_the_boxes_graph_explains_given_boxes_for_any_k(graphs, runtime):
+    exp, files = graphs
+    x = yolo_images(2, seed=6, size=SIZE)
+    eager = exp.explain_detections(x, score_threshold=THRESHOLD, max_boxes=3)
+    rt = export.load(files["boxes"], runtime=runtime)
+    for k in (1, 5):  # another K than the export's; 5 pads with label -1
+        boxes, labels = eager_boxes(eager, k)
+        out = rt(x, boxes, labels)
+        assert out["cams"].shape == (2, k, *SIZE)
+        for i, detections in enumerate(eager):
+            for j in range(k):
+                if j < len(detections):
+                    assert int(out["labels"][i, j]) == detections[j].label
+                    assert float((out["cams"][i, j] - detections[j].cam).abs().max()) <= MAP_TOLERANCE
+                else:  # padding: matched nothing, an all-zero map
+                    assert int(out["labels"][i, j]) == -1 and float(out["cams"][i, j].abs().max()) == 0.0
+
+
+def test_runtime_input_errors(graphs):
+    _, files = graphs
+    detections, boxes = export.load(files["detections"]), export.load(files["boxes"])
+    x = yolo_images(1, size=SIZE)
+    with pytest.raises(InputError, match=r"\(N, 3, 128, 160\)"):
+        detections(yolo_images(1, size=(160, 160)))
+    with pytest.raises(InputError, match="float32"):
+        detections(x.double())
+    with pytest.raises(InputError, match="takes no boxes"):
+        detections(x, np.zeros((1, 1, 4), np.float32), np.zeros((1, 1), np.int64))
+    with pytest.raises(InputError, match="pass ref_boxes"):
+        boxes(x)
+    with pytest.raises(InputError, match=r"ref_boxes must be \(N, K, 4\)"):
+        boxes(x, np.zeros((1, 4), np.float32), np.zeros((1,), np.int64))
+    with pytest.raises(InputError, match="call it with ref_boxes"):
+        boxes.explain_detections(x)
+    assert "targets='boxes'" in repr(boxes)
+
+
+def test_export_errors(tmp_path):
+    x = yolo_images(1, size=SIZE)
+    exp = Explainer.for_detector(yolo("yolov8n"))
+    with pytest.raises(ExportError, match="targets must be one of detections, boxes"):
+        export.to_onnx(exp, tmp_path / "a.onnx", x, targets="anchors")
+    with pytest.raises(ExportError, match="max_boxes must be an int from 1 to 100"):
+        export.to_onnx(exp, tmp_path / "a.onnx", x, max_boxes=0)
+    with pytest.raises(ExportError, match="ablationcam has no ONNX detector graph"):
+        export.to_onnx(exp.with_method("ablationcam"), tmp_path / "a.onnx", x)
+    with pytest.raises(ExportError, match="part='full'"):
+        export.to_onnx(exp, tmp_path / "a.onnx", x, part="head")
+    with pytest.raises(ExportError, match="score_threshold must be in"):
+        export.to_onnx(exp, tmp_path / "a.onnx", x, score_threshold=2.0)
+    assert not (tmp_path / "a.onnx").exists()
+
+
+def test_a_yolo_onnx_files_explanation_does_not_export_yet(tmp_path):
+    ultralytics = pytest.importorskip("ultralytics")
+    wrapper = ultralytics.YOLO("yolov8n.yaml")
+    wrapper.model = yolo("yolov8n")
+    import os
+
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        written = wrapper.export(format="onnx", imgsz=SIZE, dynamic=True, simplify=False, verbose=False)
+    finally:
+        os.chdir(cwd)
+    with pytest.raises(ExportError, match="YOLO given as an ONNX file does not export yet"):
+        export.to_onnx(Explainer.for_detector(tmp_path / written), tmp_path / "e.onnx", yolo_images(1, size=SIZE))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, method", [("yolo11n", "gradcam"), ("yolov8n", "eigencam")])
+def test_yolo11_and_eigencam_graphs(tmp_path, name, method):
+    exp = Explainer.for_detector(yolo(name), method=method)
+    x = yolo_images(2, seed=11, size=SIZE)
+    export.to_onnx(exp, tmp_path / "g.onnx", x[:1], max_boxes=3, score_threshold=THRESHOLD)
+    eager = exp.explain_detections(x, score_threshold=THRESHOLD, max_boxes=3)
+    found = export.load(tmp_path / "g.onnx").explain_detections(x)
+    assert [len(d) for d in found] == [len(d) for d in eager]
+    for a, b in zip(sum(eager, []), sum(found, [])):
+        assert a.label == b.label and float((a.cam - b.cam).abs().max()) <= MAP_TOLERANCE
