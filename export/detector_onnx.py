@@ -90,13 +90,13 @@ class DetectorOnnxInfo:
 
 
 def explanation_function(explainer: Any, levels: list[int], targets: str, max_boxes: int, score_threshold: float,
-                         iou_threshold: float = 0.5) -> Callable[..., tuple[Tensor, Tensor, Tensor, Tensor]]:
-    """The traced function: ``(images[, boxes, labels]) -> (boxes, scores, labels, cams)`` (module docstring)."""
+                         iou_threshold: float = 0.5) -> Callable[..., tuple[Tensor, ...]]:
+    """The traced function: ``(images[, boxes, labels]) -> (boxes, scores, labels, *raw maps (N, K, h_l, w_l))``
+    (module docstring); :class:`WithMaps` combines the raw maps outside the trace."""
     parts, method = explainer.parts, explainer.method
 
     def explain(images: Tensor, ref_boxes: Tensor | None = None,
-                ref_labels: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        height, width = images.shape[-2], images.shape[-1]
+                ref_labels: Tensor | None = None) -> tuple[Tensor, ...]:
         with torch.no_grad():
             maps = parts.level_maps(images)
         picked = None
@@ -127,18 +127,71 @@ def explanation_function(explainer: Any, levels: list[int], targets: str, max_bo
                 _, box, probability, matched = anchor_scores(parts.decoded(maps), ref_boxes, ref_labels,
                                                              parts.confidence, iou_threshold)
                 raws = [method.compute(maps[i], maps[i].new_empty(0)).expand(-1, k, -1, -1) for i in levels]
-        cams = combine_levels(raws, height, width, height, width, height, width)
         labels = torch.where(matched.reshape(n, k), ref_labels, torch.full_like(ref_labels, -1))
         if picked is not None:
-            return picked[0], picked[1], labels, cams
-        return box.reshape(n, k, 4), probability.reshape(n, k), labels, cams
+            return (picked[0], picked[1], labels, *raws)
+        return (box.reshape(n, k, 4), probability.reshape(n, k), labels, *raws)
 
     if targets == "detections":
-        def own_detections(images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        def own_detections(images: Tensor) -> tuple[Tensor, ...]:
             return explain(images)
 
         return own_detections
     return explain
+
+
+class WithMaps(torch.nn.Module):
+    """The traced explanation plus :func:`~explainer.detection.scoring.combine_levels` of its raw maps,
+    outside the trace so that the resizing exports as ONNX ``Resize`` ops (traced, it decomposes into
+    products with constant interpolation matrices)."""
+
+    def __init__(self, traced: torch.nn.Module, height: int, width: int) -> None:
+        super().__init__()
+        self.traced, self.height, self.width = traced, height, width
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.finish(self.traced(images))
+
+    def finish(self, out: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        boxes, scores, labels, *raws = out
+        h, w = self.height, self.width
+        return boxes, scores, labels, combine_levels(list(raws), h, w, h, w, h, w)
+
+
+class WithMapsOfBoxes(WithMaps):
+    """:class:`WithMaps` of a targets="boxes" explanation: ``(images, ref_boxes, ref_labels)``."""
+
+    def forward(self, images: Tensor, ref_boxes: Tensor, ref_labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.finish(self.traced(images, ref_boxes, ref_labels))
+
+
+def deduplicated(model: Any) -> Any:
+    """``model`` with initializers of identical type, shape and bytes merged into one (make_fx lifts a
+    weight once per use: the forward and the transposed convolution of its gradient)."""
+    first: dict[tuple, str] = {}
+    rename: dict[str, str] = {}
+    keep = []
+    for tensor in model.graph.initializer:
+        key = (tensor.data_type, tuple(tensor.dims), tensor.raw_data) if tensor.raw_data else None
+        if key is not None and key in first:
+            rename[tensor.name] = first[key]
+            continue
+        if key is not None:
+            first[key] = tensor.name
+        keep.append(tensor)
+    if not rename:
+        return model
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            if name in rename:
+                node.input[i] = rename[name]
+    kept = {t.name for t in keep}
+    inputs = [v for v in model.graph.input if v.name not in rename or v.name in kept]
+    del model.graph.input[:]
+    model.graph.input.extend(inputs)
+    return model
 
 
 def _free_size(taken: set[int], start: int = 2) -> int:
@@ -222,7 +275,8 @@ def detector_to_onnx(explainer: Any, path: str | os.PathLike, example: Tensor, t
         try:
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used")
-                program = torch.onnx.export(traced, inputs, dynamo=True, input_names=names,
+                wrapper = (WithMapsOfBoxes if targets == "boxes" else WithMaps)(traced, *info.image_size)
+                program = torch.onnx.export(wrapper, inputs, dynamo=True, input_names=names,
                                             output_names=OUTPUTS,
                                             opset_version=opset, dynamic_shapes=dynamic, external_data=False,
                                             verbose=False)
@@ -233,7 +287,7 @@ def detector_to_onnx(explainer: Any, path: str | os.PathLike, example: Tensor, t
             raise ExportError(f"torch.onnx.export failed for the {info.detector} explanation: {reason}") from exc
     if program is None:  # pragma: no cover - the dynamo exporter always returns a program
         raise ExportError("torch.onnx.export returned no program")
-    model = engine_safe(program.model_proto)
+    model = deduplicated(engine_safe(program.model_proto))
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, info.to_json()
     onnx.checker.check_model(model)

@@ -4,6 +4,8 @@ both target modes, padding, clear errors. Each export traces for ~40 s: one file
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -139,8 +141,6 @@ def test_a_yolo_onnx_files_explanation_does_not_export_yet(tmp_path):
     ultralytics = pytest.importorskip("ultralytics")
     wrapper = ultralytics.YOLO("yolov8n.yaml")
     wrapper.model = yolo("yolov8n")
-    import os
-
     cwd = os.getcwd()
     os.chdir(tmp_path)
     try:
@@ -162,3 +162,40 @@ def test_yolo11_and_eigencam_graphs(tmp_path, name, method):
     assert [len(d) for d in found] == [len(d) for d in eager]
     for a, b in zip(sum(eager, []), sum(found, [])):
         assert a.label == b.label and float((a.cam - b.cam).abs().max()) <= MAP_TOLERANCE
+
+
+def test_cli_explains_pictures_with_an_exported_graph(graphs, tmp_path, capsys):
+    import cv2
+    import skimage.data
+
+    from deploycam.cli import main
+
+    _, files = graphs
+    picture = tmp_path / "cat.png"
+    cv2.imwrite(str(picture), skimage.data.chelsea()[:, :, ::-1])
+    for backend in runtimes():
+        out = tmp_path / backend
+        assert main(["explain", str(picture), "--runtime", files["detections"], "--backend", backend,
+                     "--out", str(out)]) == 0
+        written = sorted(os.listdir(out))
+        assert written and all(name.startswith("cat_") and name.endswith("_gradcam.png") for name in written)
+        assert cv2.imread(str(out / written[0])).shape[:2] == (300, 451)  # drawn back on the picture
+        assert f"({backend}/" in capsys.readouterr().out
+    assert main(["explain", str(picture), "--runtime", files["boxes"], "--out", str(tmp_path / "b")]) != 0
+    assert "explains given boxes" in capsys.readouterr().err
+    assert main(["explain", str(picture), "--runtime", files["detections"], "--out", str(tmp_path / "c"),
+                 "--size", "640"]) != 0
+    assert "drop --size 640" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_exports_a_yolo_explanation_and_checks_it(tmp_path, capsys):
+    from deploycam.cli import main
+
+    assert main(["export", "--model", "yolov8n", "--out", str(tmp_path / "y.onnx"), "--size", "128",
+                 "--max-boxes", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote" in printed and "targets=detections" in printed and "check" in printed
+    assert export.load(tmp_path / "y.onnx").info.max_boxes == 2
+    assert main(["export", "--model", "yolov8n", "--out", str(tmp_path / "y.pt")]) != 0
+    assert "export to ONNX" in capsys.readouterr().err

@@ -111,6 +111,14 @@ def run(args: argparse.Namespace) -> int:
     paths = list(iter_image_paths(args.paths))
     if not paths:
         raise InputError(f"no image files found in {', '.join(args.paths)}")
+    from explainer.detection.yolo_onnx import is_detector_file
+    from export.detector_runtime import detector_info
+
+    if args.runtime and args.runtime.lower().endswith(".onnx") and os.path.isfile(args.runtime) \
+            and detector_info(args.runtime) is not None:  # a detector explanation graph
+        from deploycam.cli.detect_cmd import explain_detector
+
+        return explain_detector(args, paths, output_stems(paths), device)
     spec = ExplainerSpec.from_args(args, device)
     if args.runtime:
         explain, size = spec.build_sized()  # an exported graph's runtime: the file says which method it computes
@@ -121,8 +129,6 @@ def run(args: argparse.Namespace) -> int:
         method = get_method(args.method).name  # an unknown name fails here, before the model loads
     stems = output_stems(paths)
     from explainer.models import detector_names
-
-    from explainer.detection.yolo_onnx import is_detector_file
 
     if not args.runtime and (args.model in detector_names() if not args.onnx else is_detector_file(args.onnx)):
         if not 0.0 <= args.score_threshold <= 1.0:

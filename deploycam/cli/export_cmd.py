@@ -29,9 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--static-batch", type=int, default=None, metavar="N",
                    help="fix the batch size to N (ONNX, AOTInductor; default dynamic)")
     p.add_argument("--no-check", action="store_true", help="skip the comparison with eager PyTorch")
-    p.add_argument("--score-threshold", type=float, default=0.5,
-                   help="detectors (--model fasterrcnn_*, retinanet_*, fcos_*, ssd*; TorchScript only): the "
-                        "detector's own score threshold, kept in the graph (default 0.5)")
+    p.add_argument("--score-threshold", type=float, default=None,
+                   help="detectors: torchvision's (TorchScript) own score threshold, kept in the graph (default "
+                        "0.5); YOLO (ONNX): the least score of an explained detection (default 0.25)")
+    p.add_argument("--max-boxes", type=int, default=10,
+                   help="YOLO (ONNX): how many of each image's best detections the graph explains (default 10)")
+    p.add_argument("--targets", choices=("detections", "boxes"), default="detections",
+                   help="YOLO (ONNX): explain the graph's own best detections, or reference boxes given as inputs "
+                        "(ref_boxes (N, K, 4), ref_labels (N, K))")
     add_onnx_args(p, preprocessing=False)
     p.set_defaults(run=run)
 
@@ -116,10 +121,17 @@ def run(args: argparse.Namespace) -> int:
 
 def export_detector(args: argparse.Namespace, fmt: str) -> int:
     """A torchvision detector's explanation as a TorchScript graph ``(images, labels, boxes) -> (detections,
-    cams)`` (see :mod:`export.detection_graph`), checked against eager on random images' top detections."""
+    cams)`` (see :mod:`export.detection_graph`), checked against eager on random images' top detections;
+    a YOLO's as an ONNX graph (:func:`export_yolo`)."""
+    from explainer.models import YOLO_NAMES
+
+    if args.model in YOLO_NAMES:
+        return export_yolo(args, fmt)
+    if args.score_threshold is None:
+        args.score_threshold = 0.5
     if fmt != "torchscript":
-        raise InputError("detector explanations export to TorchScript only (--out x.pt): an ONNX graph cannot "
-                         "hold the gradient of NMS-selected boxes (see the README, 'Explain a detector')")
+        raise InputError("torchvision detector explanations export to TorchScript only (--out x.pt): their NMS "
+                         "and RoI selection have no exportable gradient (YOLO's export to ONNX; see the README)")
     if args.part != "full":
         raise InputError("a detector explanation exports as one graph from the images (--part full)")
     if not 0.0 <= args.score_threshold <= 1.0:
@@ -159,4 +171,74 @@ def export_detector(args: argparse.Namespace, fmt: str) -> int:
     print(f"check on a fresh batch of 2 (torchscript/cpu): max |cam - eager| = {diff:.2e}")
     if diff > 1e-4:
         raise DeployCamError("the exported graph does not match eager PyTorch (max diff > 1e-4)")
+    return 0
+
+
+def export_yolo(args: argparse.Namespace, fmt: str) -> int:
+    """A YOLO's explanation as an ONNX graph (:mod:`export.detector_onnx`), checked against eager on the
+    bundled photo (letterboxed) and a random image: the same detections and maps."""
+    if fmt != "onnx":
+        raise InputError(f"YOLO explanations export to ONNX (--out x.onnx), not {fmt}")
+    if args.part != "full" or args.static_batch is not None:
+        raise InputError("a detector explanation exports as one graph from the images with a dynamic batch "
+                         "(no --part head, no --static-batch)")
+    threshold = 0.25 if args.score_threshold is None else args.score_threshold
+    if not 0.0 <= threshold <= 1.0:
+        raise InputError(f"--score-threshold must be in [0, 1], got {threshold}")
+    check_positive("--max-boxes", args.max_boxes)
+    start = _step(f"loading {args.model}")
+    import torch
+
+    from explainer.core import Explainer
+    from explainer.detection.yolo import LETTERBOX_SIZE, letterbox
+    from explainer.imaging import sample_images
+    from explainer.models import load_detector as load_detector_model
+    from export import load, to_onnx
+
+    model = load_detector_model(args.model, args.weights)
+    if args.weights is None:
+        print(f"note: {args.model} has random weights (nothing is downloaded; few or no detections); pass "
+              "--weights PATH to an ultralytics checkpoint for real ones", file=sys.stderr)
+    explainer = Explainer.for_detector(model, args.layer or "detect", args.method)
+    size = args.size or LETTERBOX_SIZE
+    photo, _ = letterbox(sample_images()["chelsea"], size=size)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    _step(f"tracing and writing the ONNX graph of {explainer.method.name} at the Detect head's inputs "
+          "(about a minute)")
+    info = to_onnx(explainer, args.out, photo[None], opset=args.opset, targets=args.targets,
+                   max_boxes=args.max_boxes, score_threshold=threshold)
+    inputs = "images (N, 3, H, W) in [0, 1]" + (" + ref_boxes (N, K, 4), ref_labels (N, K)"
+                                                 if info.targets == "boxes" else "")
+    print(f"wrote {args.out} (onnx, {info.detector}, {info.method} at {len(info.layers)} levels, input {inputs} at "
+          f"{size}x{size}, targets={info.targets}, {os.path.getsize(args.out) / 2**20:.1f} MB, "
+          f"{time.perf_counter() - start:.0f} s)")
+    if args.no_check:
+        return 0
+    _step("comparing with eager PyTorch (the bundled photo and a random image, letterboxed)")
+    gen = torch.Generator().manual_seed(0)
+    fresh = torch.stack([photo, torch.rand(3, size, size, generator=gen)])
+    eager = explainer.explain_detections(fresh, score_threshold=threshold, max_boxes=args.max_boxes)
+    runtime = load(args.out)
+    if info.targets == "detections":
+        found = runtime.explain_detections(fresh)
+        same = [len(d) for d in found] == [len(d) for d in eager] and all(
+            a.label == b.label for da, db in zip(eager, found) for a, b in zip(da, db))
+        pairs = [(a.cam, b.cam) for da, db in zip(eager, found) for a, b in zip(da, db)]
+    else:
+        k = max(1, max(len(d) for d in eager))
+        boxes, labels = torch.zeros(2, k, 4), torch.full((2, k), -1, dtype=torch.int64)
+        for i, detections in enumerate(eager):
+            for j, d in enumerate(detections):
+                boxes[i, j], labels[i, j] = d.box, d.label
+        out = runtime(fresh, boxes, labels)
+        same = bool((out["labels"] == labels).all())
+        pairs = [(d.cam, out["cams"][i, j]) for i, detections in enumerate(eager) for j, d in enumerate(detections)]
+    if not pairs:
+        print("check: no detection above the threshold in either image (random weights?); nothing to compare")
+        return 0 if same else 1
+    diff = max(float((a - b).abs().max()) for a, b in pairs)
+    print(f"check on {len(pairs)} detection(s) ({runtime.backend}): same labels {same}, max |cam - eager| = {diff:.2e}")
+    if diff > 1e-4 or not same:
+        raise DeployCamError("the exported graph does not match eager PyTorch (different detections or max diff "
+                             "> 1e-4)")
     return 0
