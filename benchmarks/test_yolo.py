@@ -56,3 +56,56 @@ def test_yolo_explanations(benchmark):
     time_against_plain(benchmark, "detector yolov8n",
                        f"YOLOv8n, chelsea letterboxed to 640x640, batch 1, {torch.get_num_threads()} threads; plain "
                        "inference {floor:.1f} ms (alone; backbone, head and NMS):", plain, cases, lambda: exp(x, target))
+
+
+def test_yolo_onnx_explanation_graphs(benchmark, tmp_path):
+    """The exported explanation (export.detector_onnx, targets="detections") in ONNX Runtime against the plain
+    detector exported by ultralytics and run in ONNX Runtime (its decoded output; NMS on top in ~1 ms): the
+    graph holds NMS and the K maps, each target its own copy of the head (forward and backward)."""
+    ultralytics = pytest.importorskip("ultralytics", reason="the yolo extra (ultralytics) is not installed")
+    import os
+
+    import onnxruntime as ort
+
+    import export
+    from deploycam.bench.report import time_against_plain
+    from explainer import Explainer
+    from explainer.detection.yolo import letterbox
+    from explainer.imaging import sample_images
+    from export.runtime import session_options
+    from tests.yolo_models import yolo
+
+    model = yolo("yolov8n")
+    x = letterbox(sample_images()["chelsea"])[0][None]  # (1, 3, 640, 640)
+    wrapper = ultralytics.YOLO("yolov8n.yaml")
+    wrapper.model = model
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        plain_file = str(tmp_path / wrapper.export(format="onnx", imgsz=640, dynamic=True, simplify=False,
+                                                   verbose=False))
+    finally:
+        os.chdir(cwd)
+    session = ort.InferenceSession(plain_file, session_options(spin=False), providers=["CPUExecutionProvider"])
+    feed = {"images": x.numpy()}
+    exp = Explainer.for_detector(model, method="gradcam")
+    cases = {}
+    for k in (1, 10):
+        path = tmp_path / f"explain_{k}.onnx"
+        export.to_onnx(exp, path, x, max_boxes=k, score_threshold=0.0)
+        rt = export.load(path, spin=False)
+        cases[f"gradcam graph, {k} box{'es' if k > 1 else ''} (ONNX Runtime)"] = lambda rt=rt: rt(x)
+
+    def plain():
+        return session.run(None, feed)
+
+    def eager_plain():
+        with torch.no_grad():
+            prepared = exp.parts.prepare(x)
+            return exp.parts.detect(prepared, prepared.maps)
+
+    cases["plain eager PyTorch inference (for scale)"] = eager_plain
+    time_against_plain(benchmark, "detector yolov8n onnx",
+                       f"YOLOv8n ONNX, chelsea letterboxed to 640x640, batch 1, {torch.get_num_threads()} threads; plain "
+                       "ONNX Runtime inference {floor:.1f} ms (alone; ultralytics' export, no NMS):", plain, cases,
+                       next(iter(cases.values())))

@@ -418,11 +418,14 @@ def test_a_box_within_rounding_of_its_detection_adds_no_iou_gradient():
     gradient is the confidence's alone, as at IoU == 1 exactly; a clearly different box keeps its IoU term."""
     from explainer.detection.scoring import PERFECT_MATCH, box_score
 
-    assert PERFECT_MATCH == 1e-6  # the literal box_score compiles with (TorchScript reads no globals)
+    import inspect
+
+    # the literal box_score compiles with (TorchScript reads no globals) is the constant
+    assert PERFECT_MATCH == 1e-4 and "1.0 - 1e-4" in inspect.getsource(box_score)
     boxes = torch.tensor([[10.0, 10.0, 50.0, 60.0]], dtype=torch.float64, requires_grad=True)
     scores = torch.tensor([0.9], dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([3])
-    for shift, iou_gradient in ((0.0, False), (1e-9, False), (1.0, True)):
+    for shift, iou_gradient in ((0.0, False), (1e-9, False), (1e-3, False), (1.0, True)):
         ref = torch.tensor([[10.0 + shift, 10.0, 50.0, 60.0]], dtype=torch.float64)
         g_boxes, g_scores = torch.autograd.grad(box_score(boxes, labels, scores, torch.tensor([3]), ref, 0.5, True),
                                                 [boxes, scores], allow_unused=True)

@@ -53,7 +53,7 @@ def offset_target(found: dict, index: int = 0) -> DetectionTarget:
 
 
 @pytest.mark.parametrize("method", ["gradcam", "layercam", "hirescam"])
-@pytest.mark.parametrize("name", YOLOS)
+@pytest.mark.parametrize("name", [*YOLOS, "yolov5n", "yolov3-tiny"])  # v5 / v3: ultralytics' anchor-free heads
 def test_gradient_maps_match_a_float64_hooked_run_of_the_whole_detector(name, method):
     model = yolo(name)
     x = yolo_images(1, size=(128, 160))
@@ -61,7 +61,7 @@ def test_gradient_maps_match_a_float64_hooked_run_of_the_whole_detector(name, me
     target = offset_target(exp64.parts.detect(exp64.parts.prepare(x.double()), exp64.parts.prepare(x.double()).maps)[0])
     A, G, found = hooked_reference(model, x, target)
     result = exp64(x.double(), target)
-    assert result.layers == [f"model.{i}" for i in model.model[-1].f] and len(result.level_maps) == 3
+    assert result.layers == [f"model.{i}" for i in model.model[-1].f] and len(result.level_maps) == len(A)
     torch.testing.assert_close(result.detections[0]["boxes"], found["boxes"].detach(), rtol=0, atol=1e-9)
     expected_levels = [reference.FORMULAS[method](a, g) for a, g in zip(A, G)]
     scale = max(max(np.abs(e).max() for e in expected_levels), 1e-12)
@@ -198,9 +198,10 @@ def test_eigencam_agrees_with_pytorch_grad_cam_on_the_head_inputs(name, monkeypa
 
 @pytest.mark.parametrize("name", YOLOS)
 def test_k_targets_split_from_few_backwards_equal_one_backward_each(name):
-    """anchor_split: each target's gradient masked out of a shared backward equals its own backward (float64),
-    with targets whose windows overlap (neighbouring anchors: separate rounds), targets of two reference
-    boxes (two anchors), and one that matches nothing."""
+    """anchor_split: each target's gradient masked out of a shared whole-head backward (split_gradients), and
+    recomputed from crops around the anchors it reads (crop_gradients, the default), equal its own backward
+    through the whole head (float64), with targets whose windows overlap (neighbouring anchors: separate
+    rounds), near the maps' borders, targets of two reference boxes (two anchors), and one that matches nothing."""
     from explainer.detection.anchor_split import _cells
     from explainer.detection.explainer import _level_gradients
 
@@ -228,14 +229,27 @@ def test_k_targets_split_from_few_backwards_equal_one_backward_each(name):
         scores = torch.stack([torch.stack([t(d) for t in ts]) for d, ts in zip(detections, per_image)])
         return leaves, decoded, scores
 
+    def from_crops():  # the eager explainer's default: the head without grad, gradients from crops
+        with torch.no_grad():
+            decoded = parts.decoded(prepared.maps)
+            kept = [d["anchors"] for d in parts.from_decoded(decoded)]
+        candidates = [(row[:, a].detach().requires_grad_(True), a) for row, a in zip(decoded, kept)]
+        detections = parts.from_candidates(candidates, suppress=False)
+        scores = torch.stack([torch.stack([t(d) for t in ts]) for d, ts in zip(detections, per_image)])
+        return parts.level_gradients(scores, candidates, [], [0, 1, 2], prepared)
+
     leaves, decoded, scores = forward()
+    parts.crops = False  # the whole-head split (ONNX files' route), on this explainer's parts only
     split = parts.level_gradients(scores, decoded, leaves, [0, 1, 2], prepared)
+    parts.crops = True
+    crops = from_crops()
     for j in range(scores.shape[1]):
         leaves, _, scores = forward()
         alone = _level_gradients(scores[:, j:j + 1], leaves)  # one backward for target j: (N, 1, C, h, w)
-        for level, g in enumerate(split):
+        for level, (g, c) in enumerate(zip(split, crops)):
             torch.testing.assert_close(g[:, j], alone[level][:, 0], rtol=0, atol=1e-12)
-    assert float(split[0][:, -1].abs().max()) == 0.0  # the unmatched target
+            torch.testing.assert_close(c[:, j], alone[level][:, 0], rtol=0, atol=1e-12)
+    assert float(split[0][:, -1].abs().max()) == 0.0 and float(crops[0][:, -1].abs().max()) == 0.0  # unmatched
 
 
 def test_receptive_radius_is_the_support_of_one_anchors_gradient():

@@ -16,7 +16,7 @@ uses one backward per target instead.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -70,11 +70,7 @@ def split_gradients(scores: Tensor, decoded: Tensor, leaves: list[Tensor], level
         radius: the head's receptive radius (:func:`receptive_radius`).
     """
     n, k = scores.shape
-    # what each target reads of the head's output: K cheap backwards through the gathers after the head
-    reads = []
-    for j in range(k):
-        (dy,) = torch.autograd.grad(scores[:, j].sum(), decoded, retain_graph=True, allow_unused=True)
-        reads.append(torch.zeros_like(decoded) if dy is None else dy)
+    reads = _reads(scores, decoded)
     # windows of each (image, target): per level, the boxes [r0, r1) x [c0, c1) around the cells it reads
     windows: dict[tuple[int, int], list[tuple[int, int, int, int, int]]] = {}
     for j, dy in enumerate(reads):
@@ -106,6 +102,99 @@ def split_gradients(scores: Tensor, decoded: Tensor, leaves: list[Tensor], level
                     if lvl == level:
                         out[position][i, j, :, r0:r1, c0:c1] = leaf_grad[i, :, r0:r1, c0:c1]
     return out
+
+
+def crop_gradients(scores: Tensor, candidates: list[tuple[Tensor, Tensor]], maps: list[Tensor], levels: list[int],
+                   radius: int, head: Callable[[list[Tensor]], Tensor]) -> list[Tensor]:
+    """``d scores[n, k] / d maps[level][n]`` for each explained level, ``(N, K, C, h, w)``, without a backward
+    through the whole head: each anchor a target reads is recomputed by ``head`` from a crop of its level's
+    map -- the ``(2r + 1)^2`` window around its cell, shifted inside the map at the borders (where the crop's
+    zero padding is the model's) -- and the target's ``d score / d decoded`` at that anchor is backpropagated
+    through the crop. Exact: the anchor's output depends on its window only, the same function of it as in
+    the whole map, and the Jacobian of a decoded anchor does not depend on where its cell is (the anchor's
+    offset is additive).
+
+    Args:
+        scores: ``(N, K)`` target scores, differentiable through ``candidates``: per image, the outputs
+            ``(outputs, M)`` of the anchors its detections come from (leaves: the head itself ran without
+            grad) and those anchors' indices ``(M,)`` in the head's output order (level by level).
+        maps: every level's input map ``(N, C_l, h_l, w_l)``; ``levels``: the explained ones (ascending).
+        head: ``maps -> decoded`` for any map sizes (a ``Detect`` head: each level's branch reads its own
+            map only; the other levels get 1 x 1 maps here).
+    """
+    n, k = scores.shape
+    sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]
+    reads = _candidate_reads(scores, [c for c, _ in candidates])  # per image: (K, outputs, M)
+    out = {level: maps[level].new_zeros(n, k, *maps[level].shape[1:]) for level in levels}
+    items: dict[int, list[tuple[int, int, int, int, int, Tensor]]] = {level: [] for level in levels}
+    for i, ((_, anchors), dy_image) in enumerate(zip(candidates, reads)):
+        for j in range(k):
+            dy = dy_image[j]  # (outputs, M)
+            used = torch.nonzero(dy.abs().sum(dim=0)).squeeze(1)
+            for m, (level, row, col) in zip(used.tolist(), _cells(anchors[used], sizes)):
+                if level not in items:
+                    continue  # a level that is not explained (its branch reads no explained map)
+                (h, w), (sh, sw) = sizes[level], _crop_size(sizes[level], radius)
+                r0, c0 = min(max(row - radius, 0), h - sh), min(max(col - radius, 0), w - sw)
+                items[level].append((i, j, r0, c0, (row - r0) * sw + (col - c0), dy[:, m]))
+    for level, chosen in items.items():
+        if not chosen:
+            continue
+        sh, sw = _crop_size(sizes[level], radius)
+        source = maps[level].detach()
+        crops = torch.stack([source[i, :, r0:r0 + sh, c0:c0 + sw] for i, _, r0, c0, _, _ in chosen])
+        crops.requires_grad_(True)
+        p = len(chosen)
+        inputs = [crops if lvl == level else m.new_zeros(p, m.shape[1], 1, 1) for lvl, m in enumerate(maps)]
+        with torch.enable_grad():
+            y = head(inputs)  # (P, outputs, anchors): the other levels' one anchor each, then this level's crop
+        seed = torch.zeros_like(y)
+        centres = torch.tensor([level + c for *_, c, _ in chosen], device=y.device)  # levels before: 1 anchor each
+        seed[torch.arange(p, device=y.device), :, centres] = torch.stack([t for *_, t in chosen]).to(y)
+        (grads,) = torch.autograd.grad(y, crops, grad_outputs=seed)
+        for (i, j, r0, c0, _, _), g in zip(chosen, grads):
+            out[level][i, j, :, r0:r0 + sh, c0:c0 + sw] += g
+    return [out[level] for level in levels]
+
+
+def _crop_size(size: tuple[int, int], radius: int) -> tuple[int, int]:
+    return min(2 * radius + 1, size[0]), min(2 * radius + 1, size[1])
+
+
+def _candidate_reads(scores: Tensor, outputs: list[Tensor]) -> list[Tensor]:
+    """``d scores[i, j] / d outputs[i]`` for every image i and target j: per image ``(K, outputs, M_i)``, from
+    one batched backward through the few operations after the candidates (K separate ones without a batching rule)."""
+    n, k = scores.shape
+    if not scores.requires_grad:
+        return [o.new_zeros(k, *o.shape) for o in outputs]
+    select = torch.eye(k, dtype=scores.dtype, device=scores.device)[:, None, :].expand(k, n, k)
+    try:
+        grads = torch.autograd.grad(scores, outputs, grad_outputs=select, is_grads_batched=True, allow_unused=True)
+    except RuntimeError:
+        per_k = [torch.autograd.grad(scores[:, j].sum(), outputs, retain_graph=j < k - 1, allow_unused=True)
+                 for j in range(k)]
+        grads = tuple(torch.stack([o.new_zeros(o.shape) if g[i] is None else g[i] for g in per_k])
+                      for i, o in enumerate(outputs))
+    return [o.new_zeros(k, *o.shape) if g is None else g for g, o in zip(grads, outputs)]
+
+
+def _reads(scores: Tensor, decoded: Tensor) -> list[Tensor]:
+    """What each target reads of the head's output, ``d scores[:, j] / d decoded`` for every j: one batched
+    backward through the gathers after the head (K separate ones where an op has no batching rule)."""
+    n, k = scores.shape
+    select = torch.eye(k, dtype=scores.dtype, device=scores.device)[:, None, :].expand(k, n, k)
+    try:
+        (batched,) = torch.autograd.grad(scores, decoded, grad_outputs=select, is_grads_batched=True,
+                                         retain_graph=True, allow_unused=True)
+        if batched is not None:
+            return list(batched.unbind(0))
+        return [torch.zeros_like(decoded) for _ in range(k)]
+    except RuntimeError:
+        reads = []
+        for j in range(k):
+            (dy,) = torch.autograd.grad(scores[:, j].sum(), decoded, retain_graph=True, allow_unused=True)
+            reads.append(torch.zeros_like(decoded) if dy is None else dy)
+        return reads
 
 
 def _overlap(a: list[tuple[int, int, int, int, int]], b: list[tuple[int, int, int, int, int]]) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -188,8 +189,9 @@ class DetectionExplainer:
         """Every detection scoring at least ``score_threshold`` (the ``max_boxes`` best per image when
         given), each with its own map.
 
-        One backbone forward and one batched backward for the whole batch: the K kept boxes of each
-        image are K :class:`DetectionTarget` s (the box and its label), images with fewer boxes padded.
+        One backbone forward, one detector-head run (with grad, for gradient methods: it also picks the
+        boxes) and one batched backward for the whole batch: the K kept boxes of each image are K
+        :class:`DetectionTarget` s (the box and its label), images with fewer boxes padded.
         (The backward still costs about one head backward per box: measured 0.4 s a box for Faster R-CNN
         mobilenet_v3 at 160 px on 2 CPU cores, its 1000 RoIs dominating.)
         Returns, per image, its detections with maps ``(H, W)``, best score first: an empty list for an
@@ -203,8 +205,13 @@ class DetectionExplainer:
         with running():
             prepared = self.parts.prepare(images)
             levels = self.parts.selected(prepared, self.levels)
-            with torch.no_grad():
-                found = self.parts.detect(prepared, prepared.maps)
+            forward = None
+            if self.method.needs_gradient and not self.concat:  # one head run, with grad: it picks the boxes too
+                forward = self._forward(prepared, levels, hasattr(self.parts, "level_gradients"))
+                found = _detached(forward[1])
+            else:
+                with torch.no_grad():
+                    found = self.parts.detect(prepared, prepared.maps)
             kept = [d["scores"] >= score_threshold for d in found]
             if max_boxes is not None:
                 if isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or max_boxes < 1:
@@ -220,7 +227,7 @@ class DetectionExplainer:
                            for box, label in zip(d["boxes"][keep], d["labels"][keep])]
                 per_image.append(targets + [NO_DETECTION] * (k - len(targets)))
             if self.method.exportable:
-                _, raws = self._maps(prepared, levels, per_image, False)
+                _, raws = self._maps(prepared, levels, per_image, False, forward)
                 cams = combine_levels(raws, prepared)
             else:  # perturbation methods: one image at a time (a padding target's score 0 has no weights)
                 cams = torch.zeros(len(found), k, *images.shape[-2:], dtype=images.dtype, device=images.device)
@@ -236,9 +243,36 @@ class DetectionExplainer:
                                                                     d["scores"][keep]))])
         return out
 
+    def _forward(self, prepared: Prepared, levels: list[int],
+                 dense: bool) -> tuple[list[Tensor], list[dict[str, Tensor]], Any]:
+        """The explained levels as leaves and the detector run from them (with grad for gradient methods):
+        ``(leaves, detections, decoded)``; ``decoded`` only when ``dense``: the head's output, or where the
+        parts take gradients from crops, the candidate anchors' outputs (leaves: the head ran without grad)."""
+        needs_grad = self.method.needs_gradient
+        leaves = [prepared.maps[i].detach().requires_grad_(needs_grad) for i in levels]
+        maps = list(prepared.maps)
+        for i, leaf in zip(levels, leaves):
+            maps[i] = leaf.clone() if needs_grad else leaf  # clone: the head may work in place
+        if dense and needs_grad and getattr(self.parts, "crops", False) and self.parts.radius is not None:
+            # gradients from the head re-run on crops (explainer.detection.anchor_split.crop_gradients): the
+            # whole head runs without grad, the detections are differentiable from its output only
+            with torch.no_grad():  # the detections' own anchors' outputs become the leaves
+                decoded = self.parts.decoded(maps)
+                kept = [d["anchors"] for d in self.parts.from_decoded(decoded)]
+            candidates = [(row[:, anchors].detach().requires_grad_(True), anchors) for row, anchors in zip(decoded, kept)]
+            with torch.enable_grad():
+                return leaves, self.parts.from_candidates(candidates, suppress=False), candidates
+        with torch.set_grad_enabled(needs_grad):
+            if dense:  # a dense head: K targets' gradients from a few backwards (explainer.detection.anchor_split)
+                detections, decoded = self.parts.detect_decoded(prepared, maps)
+                return leaves, detections, decoded
+            return leaves, self.parts.detect(prepared, maps), None
+
     def _maps(self, prepared: Prepared, levels: list[int], per_image: list[list[DetectionTarget]] | None,
-              eigen: bool) -> tuple[list[dict[str, Tensor]], list[Tensor]]:
-        """Detections and each level's raw map ``(N, K, h_l, w_l)``."""
+              eigen: bool, forward: tuple[list[Tensor], list[dict[str, Tensor]], Any] | None = None,
+              ) -> tuple[list[dict[str, Tensor]], list[Tensor]]:
+        """Detections and each level's raw map ``(N, K, h_l, w_l)``; ``forward``: :meth:`_forward`'s run of
+        these levels when the caller already has it (gradient methods only)."""
         if not self.method.exportable:
             assert per_image is not None
             return self._perturbation_maps(prepared, levels, per_image, eigen)
@@ -252,16 +286,10 @@ class DetectionExplainer:
             k = 1 if per_image is None else len(per_image[0])
             return detections, [raw.expand(-1, k, -1, -1)]
         needs_grad = self.method.needs_gradient
-        leaves = [prepared.maps[i].detach().requires_grad_(needs_grad) for i in levels]
-        maps = list(prepared.maps)
-        for i, leaf in zip(levels, leaves):
-            maps[i] = leaf.clone() if needs_grad else leaf  # clone: the head may work in place
-        split = needs_grad and per_image is not None and len(per_image[0]) > 1 and hasattr(self.parts, "level_gradients")
-        with torch.set_grad_enabled(needs_grad):
-            if split:  # a dense head: K targets' gradients from a few backwards (explainer.detection.anchor_split)
-                detections, decoded = self.parts.detect_decoded(prepared, maps)
-            else:
-                detections = self.parts.detect(prepared, maps)
+        split = needs_grad and per_image is not None and hasattr(self.parts, "level_gradients") and (
+            len(per_image[0]) > 1 or (getattr(self.parts, "crops", False) and self.parts.radius is not None))
+        leaves, detections, decoded = forward if forward is not None else self._forward(prepared, levels, split)
+        split = split and decoded is not None
         k = 1 if per_image is None else len(per_image[0])
         if needs_grad:
             assert per_image is not None

@@ -76,6 +76,9 @@ def combine_levels(raws: list[Tensor], height: int, width: int, canvas_height: i
     for raw in raws:
         m = normalize_maps(torch.relu(raw.detach()))
         m = F.interpolate(m, size=(canvas_height, canvas_width), mode="bilinear", align_corners=False)
-        m = m[:, :, :inner_height, :inner_width]
-        resized.append(F.interpolate(m, size=(height, width), mode="bilinear", align_corners=False))
+        if inner_height != canvas_height or inner_width != canvas_width or height != canvas_height \
+                or width != canvas_width:
+            m = F.interpolate(m[:, :, :inner_height, :inner_width], size=(height, width), mode="bilinear",
+                              align_corners=False)  # (the canvas is the image itself for YOLO: no second resize)
+        resized.append(m)
     return normalize_maps(torch.stack(resized).mean(dim=0))

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import nms
 
-from explainer.detection.anchor_split import receptive_radius, split_gradients
+from explainer.detection.anchor_split import crop_gradients, receptive_radius, split_gradients
 from explainer.detection.parts import Prepared, concatenated_levels, selected_levels
 from explainer.errors import InputError, ModelOutputError
 
@@ -126,26 +126,54 @@ class YoloParts:
     def detect_decoded(self, prepared: Prepared, maps: list[Tensor]) -> tuple[list[dict[str, Tensor]], Tensor]:
         """:meth:`detect` and the head's decoded output ``(N, 4 + classes, anchors)`` the detections read."""
         y = self.decoded(maps)
-        results = []
+        return self.from_decoded(y), y
+
+    def from_decoded(self, y: Tensor) -> list[dict[str, Tensor]]:
+        """:meth:`detect`'s detections from the head's decoded output ``y`` ``(N, 4 + classes, anchors)``
+        (boxes and scores differentiable from ``y``)."""
+        return self.from_candidates(self.candidates(y))
+
+    def candidates(self, y: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """Per image, the anchors whose best class probability passes the confidence filter:
+        ``(y[i][:, anchors] (4 + classes, M), anchors (M,))``."""
+        out = []
         for row in y:  # (4 + classes, anchors)
-            xywh, probabilities = row[:4].T, row[4:].T
+            keep = torch.nonzero(row[4:].detach().amax(dim=0) >= self.confidence).squeeze(1)
+            out.append((row[:, keep], keep))
+        return out
+
+    def from_candidates(self, candidates: list[tuple[Tensor, Tensor]], suppress: bool = True) -> list[dict[str, Tensor]]:
+        """Detections (class-aware NMS, best first) from :meth:`candidates`; boxes and scores differentiable
+        from the candidates' outputs. ``suppress=False``: the candidates are already the detections, in order."""
+        results = []
+        for outputs, keep in candidates:
+            xywh, probabilities = outputs[:4].T, outputs[4:].T
             scores, labels = probabilities.max(dim=1)
-            keep = torch.nonzero(scores.detach() >= self.confidence).squeeze(1)
-            boxes = _xyxy(xywh[keep])
-            precision = torch.float32 if boxes.dtype in (torch.float16, torch.bfloat16) else boxes.dtype
-            chosen = _class_aware_nms(boxes.detach().to(precision), scores[keep].detach().to(precision), labels[keep],
-                                      self.iou)
-            chosen = chosen[: self.max_detections]
-            results.append({"boxes": boxes[chosen], "scores": scores[keep][chosen], "labels": labels[keep][chosen],
+            boxes = _xyxy(xywh)
+            if suppress:
+                precision = torch.float32 if boxes.dtype in (torch.float16, torch.bfloat16) else boxes.dtype
+                chosen = _class_aware_nms(boxes.detach().to(precision), scores.detach().to(precision), labels,
+                                          self.iou)[: self.max_detections]
+            else:
+                chosen = torch.arange(len(keep), device=keep.device)
+            results.append({"boxes": boxes[chosen], "scores": scores[chosen], "labels": labels[chosen],
                             "anchors": keep[chosen]})
-        return results, y
+        return results
+
+    #: gradients from the head re-run on crops around the anchors each score reads
+    #: (:func:`~explainer.detection.anchor_split.crop_gradients`): the head runs on any map size
+    crops = True
 
     def level_gradients(self, scores: Tensor, decoded: Tensor, leaves: list[Tensor], levels: list[int],
                         prepared: Prepared) -> list[Tensor] | None:
-        """K targets' gradients ``(N, K, C, h, w)`` per leaf from a few head backwards
+        """K targets' gradients ``(N, K, C, h, w)`` per leaf: from the head re-run on crops
+        (:func:`~explainer.detection.anchor_split.crop_gradients`; ``decoded`` may then be a leaf, the head
+        run without grad), or else from a few whole-head backwards
         (:func:`~explainer.detection.anchor_split.split_gradients`); None where the head's locality is unknown."""
         if self.radius is None:
             return None
+        if self.crops:
+            return crop_gradients(scores, decoded, prepared.maps, levels, self.radius, self.decoded)
         sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in prepared.maps]
         return split_gradients(scores, decoded, leaves, levels, sizes, self.radius)
 

@@ -109,6 +109,9 @@ class OnnxYoloParts(YoloParts):
         self.radius = head_radius(head) if info.get("author") == "Ultralytics" and info.get("head") == "Detect" \
             else None
 
+    #: a converted head may fix its map sizes (a fixed-shape export): K targets split through the whole head
+    crops = False
+
     def target_names(self) -> list[str]:
         """The explainable maps: the head's input tensors (P3, P4, P5), by their names in the file."""
         return list(self.level_tensors)
