@@ -60,11 +60,9 @@ def test_yolo_explanations(benchmark):
 
 def test_yolo_onnx_explanation_graphs(benchmark, tmp_path):
     """The exported explanation (export.detector_onnx, targets="detections") in ONNX Runtime against the plain
-    detector exported by ultralytics and run in ONNX Runtime (its decoded output; NMS on top in ~1 ms): the
-    graph holds NMS and the K maps, each target its own copy of the head (forward and backward)."""
-    ultralytics = pytest.importorskip("ultralytics", reason="the yolo extra (ultralytics) is not installed")
-    import os
-
+    detector exported by ultralytics and run in ONNX Runtime (its decoded output, no NMS): the graph holds
+    NMS (K unrolled steps) and the K maps (the head re-run on crops around each box's anchor)."""
+    pytest.importorskip("ultralytics", reason="the yolo extra (ultralytics) is not installed")
     import onnxruntime as ort
 
     import export
@@ -73,19 +71,11 @@ def test_yolo_onnx_explanation_graphs(benchmark, tmp_path):
     from explainer.detection.yolo import letterbox
     from explainer.imaging import sample_images
     from export.runtime import session_options
-    from tests.yolo_models import yolo
+    from tests.yolo_models import ultralytics_onnx, yolo
 
     model = yolo("yolov8n")
     x = letterbox(sample_images()["chelsea"])[0][None]  # (1, 3, 640, 640)
-    wrapper = ultralytics.YOLO("yolov8n.yaml")
-    wrapper.model = model
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        plain_file = str(tmp_path / wrapper.export(format="onnx", imgsz=640, dynamic=True, simplify=False,
-                                                   verbose=False))
-    finally:
-        os.chdir(cwd)
+    plain_file = ultralytics_onnx("yolov8n", tmp_path, 640)
     session = ort.InferenceSession(plain_file, session_options(spin=False), providers=["CPUExecutionProvider"])
     feed = {"images": x.numpy()}
     exp = Explainer.for_detector(model, method="gradcam")

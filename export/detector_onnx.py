@@ -8,17 +8,19 @@ ONNX Runtime, OpenVINO and OpenCV's DNN (new engine) with no custom operator::
       -> targets: targets="detections": each image's max_boxes best detections (greedy class-aware NMS
          unrolled max_boxes times, explainer.detection.anchor_targets.top_detections); targets="boxes":
          the graph's inputs ref_boxes (N, K, 4) and ref_labels (N, K) (label -1: padding)
-      -> each image's maps repeated once per target; the head on every copy; target k's box score
-         (anchor_targets.anchor_scores) on copy k; one backward of their sum: (N, K, C, h, w) per level
+      -> the head once (no grad); each target matched to its anchor (anchor_targets.matched_anchors)
+      -> per target and level a (2r + 1)^2 crop of the map around that anchor (one-hot row / column
+         products); the head on all crops at once; the box score of each crop's centre anchor, shifted
+         back to its place; one backward: (N, K, C, h, w) per level, put back by the same products
       -> the method (the eager explainer's method.compute) per level -> combine_levels -> cams
     outputs: boxes (N, K, 4), scores (N, K), labels (N, K) (-1: no detection / unmatched), cams (N, K, H, W)
 
 No exporter accepts ``autograd.grad``; as for classifiers (:mod:`export.onnx_graph`), the function is
 traced first by ``make_fx`` with :func:`~export.decompositions.gradient_decompositions` (the gradient
 becomes forward ops: transposed convolutions), then exported by ``torch.onnx.export(dynamo=True)``.
-The batch (and K for targets="boxes") stays symbolic; the image size is the example's. The K copies
-cost K head forwards and backwards per image in the graph: the eager explainer's anchor split
-(:mod:`explainer.detection.anchor_split`) is data-dependent and is not in the graph.
+The batch (and K for targets="boxes") stays symbolic; the image size is the example's. The crops are the
+eager explainer's (:func:`explainer.detection.anchor_split.crop_gradients`) with fixed shapes: the
+anchors' positions are data, the crops' sizes are not.
 """
 
 from __future__ import annotations
@@ -33,15 +35,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.export import Dim
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from explainer.detection.anchor_targets import anchor_scores, top_detections
+from explainer.detection.anchor_targets import (
+    anchor_scores,
+    box_scores,
+    label_onehot,
+    matched_anchors,
+    top_detections,
+)
 from explainer.detection.scoring import combine_levels
-from explainer.errors import ExportError, InputError
+from explainer.errors import ExportError
 from explainer.tracing_lock import tracing
 from export.decompositions import gradient_decompositions
 from export.engine_patterns import engine_safe
@@ -94,43 +101,32 @@ def explanation_function(explainer: Any, levels: list[int], targets: str, max_bo
     """The traced function: ``(images[, boxes, labels]) -> (boxes, scores, labels, *raw maps (N, K, h_l, w_l))``
     (module docstring); :class:`WithMaps` combines the raw maps outside the trace."""
     parts, method = explainer.parts, explainer.method
+    strides = [float(s) for s in parts.head.stride] if method.needs_gradient else []  # read before tracing
 
     def explain(images: Tensor, ref_boxes: Tensor | None = None,
                 ref_labels: Tensor | None = None) -> tuple[Tensor, ...]:
         with torch.no_grad():
             maps = parts.level_maps(images)
+            decoded = parts.decoded(maps)
         picked = None
         if targets == "detections":
-            with torch.no_grad():
-                picked = top_detections(parts.decoded(maps), max_boxes, parts.confidence, parts.iou, score_threshold)
+            picked = top_detections(decoded, max_boxes, parts.confidence, parts.iou, score_threshold)
             ref_boxes, ref_labels = picked[0], picked[2]
         assert ref_boxes is not None and ref_labels is not None
-        n, k = images.shape[0], ref_boxes.shape[1]
-        copies = [m[:, None].expand(n, k, *m.shape[1:]).reshape(n * k, *m.shape[1:]) for m in maps]
-        flat_boxes, flat_labels = ref_boxes.reshape(n * k, 1, 4), ref_labels.reshape(n * k, 1)
-
-        def total(*leaves: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor, Tensor]]:
-            inputs = list(copies)
-            for i, leaf in zip(levels, leaves):
-                inputs[i] = leaf
-            scores, box, probability, matched = anchor_scores(parts.decoded(inputs), flat_boxes, flat_labels,
-                                                              parts.confidence, iou_threshold)
-            return scores.sum(), (box, probability, matched)
-
-        leaves = [copies[i] for i in levels]
+        with torch.no_grad():
+            _, box, probability, matched = anchor_scores(decoded, ref_boxes, ref_labels, parts.confidence,
+                                                         iou_threshold)
+        k = ref_boxes.shape[1]
         if method.needs_gradient:
-            grads, (box, probability, matched) = torch.func.grad(total, argnums=tuple(range(len(levels))),
-                                                                 has_aux=True)(*leaves)
-            raws = [method.compute(maps[i], g.reshape(n, k, *g.shape[1:])) for i, g in zip(levels, grads)]
-        else:  # no gradient: the targets read from one head run over the batch, no copies
-            with torch.no_grad():
-                _, box, probability, matched = anchor_scores(parts.decoded(maps), ref_boxes, ref_labels,
-                                                             parts.confidence, iou_threshold)
-                raws = [method.compute(maps[i], maps[i].new_empty(0)).expand(-1, k, -1, -1) for i in levels]
-        labels = torch.where(matched.reshape(n, k), ref_labels, torch.full_like(ref_labels, -1))
+            anchor, found = matched_anchors(decoded, ref_boxes, ref_labels, parts.confidence)
+            grads = crop_gradients(parts, maps, levels, strides, anchor, found, ref_boxes, ref_labels, iou_threshold)
+            raws = [method.compute(maps[i], g) for i, g in zip(levels, grads)]
+        else:
+            raws = [method.compute(maps[i], maps[i].new_empty(0)).expand(-1, k, -1, -1) for i in levels]
+        labels = torch.where(matched, ref_labels, torch.full_like(ref_labels, -1))
         if picked is not None:
             return (picked[0], picked[1], labels, *raws)
-        return (box.reshape(n, k, 4), probability.reshape(n, k), labels, *raws)
+        return (box, probability, labels, *raws)
 
     if targets == "detections":
         def own_detections(images: Tensor) -> tuple[Tensor, ...]:
@@ -138,6 +134,74 @@ def explanation_function(explainer: Any, levels: list[int], targets: str, max_bo
 
         return own_detections
     return explain
+
+
+def crop_gradients(parts: Any, maps: list[Tensor], levels: list[int], strides: list[float], anchor: Tensor,
+                   found: Tensor, ref_boxes: Tensor, ref_labels: Tensor, iou_threshold: float) -> list[Tensor]:
+    """The graph's form of :func:`explainer.detection.anchor_split.crop_gradients`, with fixed shapes: for each
+    target ``(n, k)`` and explained level, the ``(2r + 1)^2`` crop of the level's map around the target's
+    matched anchor (``anchor`` ``(N, K)``; on the levels the anchor is not on, the crop's score is 0), cut and
+    put back by products with one-hot row/column matrices (no gather, no scatter). One head run on all ``N K``
+    crops of every explained level (the other levels 1 x 1); each level's centre anchor, shifted back to its
+    place in the image, is scored with the box score; one backward of the sum gives every crop's gradient.
+    Returns ``(N, K, C, h, w)`` per explained level."""
+    n, k = anchor.shape
+    sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]
+    radius = int(parts.radius)
+    starts = [0]
+    for h, w in sizes:
+        starts.append(starts[-1] + h * w)
+    crop_sizes = [(min(2 * radius + 1, h), min(2 * radius + 1, w)) if i in levels else (1, 1)
+                  for i, (h, w) in enumerate(sizes)]
+    offsets = [0]
+    for sh, sw in crop_sizes:
+        offsets.append(offsets[-1] + sh * sw)
+    dtype, device = maps[0].dtype, anchor.device
+    with torch.no_grad():
+        inputs = [m.new_zeros(n * k, m.shape[1], 1, 1) for m in maps]
+        cut, picks, shifts, eligible = {}, {}, {}, {}
+        for level in levels:
+            (h, w), (sh, sw), start = sizes[level], crop_sizes[level], starts[level]
+            eligible[level] = (found & (anchor >= start) & (anchor < start + h * w)).reshape(n * k)
+            local = (anchor - start).clamp(0, h * w - 1)
+            row, col = torch.div(local, w, rounding_mode="floor"), local % w
+            r0, c0 = (row - radius).clamp(0, h - sh), (col - radius).clamp(0, w - sw)
+            rows = (torch.arange(h, device=device) == (r0[..., None] + torch.arange(sh, device=device))[..., None]
+                    ).to(dtype)  # (N, K, sh, h)
+            cols = (torch.arange(w, device=device) == (c0[..., None] + torch.arange(sw, device=device))[..., None]
+                    ).to(dtype)  # (N, K, sw, w)
+            cut[level] = (rows, cols)
+            crops = rows[:, :, None] @ maps[level][:, None] @ cols[:, :, None].transpose(-1, -2)  # (N, K, C, sh, sw)
+            inputs[level] = crops.reshape(n * k, *crops.shape[2:])
+            centre = offsets[level] + (row - r0) * sw + (col - c0)
+            picks[level] = (torch.arange(offsets[-1], device=device) == centre[..., None]).to(dtype).reshape(
+                n * k, offsets[-1], 1)
+            shifts[level] = torch.stack([c0, r0], dim=-1).to(dtype).reshape(n * k, 2) * strides[level]
+        classes = label_onehot(ref_labels.reshape(1, n * k), int(parts.num_classes), dtype)[0].T  # (N K, C)
+    flat_boxes, flat_labels = ref_boxes.reshape(n * k, 4), ref_labels.reshape(n * k)
+
+    def score(*crops: Tensor) -> Tensor:
+        head_inputs = list(inputs)
+        for level, crop in zip(levels, crops):
+            head_inputs[level] = crop
+        decoded = parts.decoded(head_inputs)  # (N K, 4 + classes, crop anchors)
+        total = decoded.new_zeros(())
+        for level in levels:
+            outputs = torch.bmm(decoded, picks[level])[..., 0]  # (N K, 4 + classes): the centre anchor
+            centre_xy = outputs[:, 0:2] + shifts[level]
+            box = torch.cat([centre_xy - outputs[:, 2:4] / 2, centre_xy + outputs[:, 2:4] / 2], dim=1)
+            probability = (outputs[:, 4:] * classes).sum(dim=1)
+            scores, _ = box_scores(box, probability, flat_boxes, flat_labels, eligible[level], iou_threshold)
+            total = total + scores.sum()
+        return total
+
+    grads = torch.func.grad(score, argnums=tuple(range(len(levels))))(*[inputs[level] for level in levels])
+    out = []
+    for level, g in zip(levels, grads):
+        rows, cols = cut[level]
+        g = g.reshape(n, k, *g.shape[1:])
+        out.append(rows[:, :, None].transpose(-1, -2) @ g @ cols[:, :, None])  # (N, K, C, h, w)
+    return out
 
 
 class WithMaps(torch.nn.Module):
@@ -237,6 +301,9 @@ def detector_to_onnx(explainer: Any, path: str | os.PathLike, example: Tensor, t
                           "has no ONNX detector graph: export a gradient method or eigencam on the head's inputs")
     if opset is not None and (isinstance(opset, bool) or opset not in SUPPORTED_OPSETS):
         raise ExportError(f"opset must be between {SUPPORTED_OPSETS[0]} and {SUPPORTED_OPSETS[-1]}, got {opset!r}")
+    if explainer.method.needs_gradient and parts.radius is None:
+        raise ExportError(f"the {type(parts.head).__name__} head holds modules whose locality deploycam does not "
+                          "know (its receptive radius): no gradient graph; eigencam exports")
     threshold = parts.confidence if score_threshold is None else float(score_threshold)
     if not 0.0 <= threshold <= 1.0:
         raise ExportError(f"score_threshold must be in [0, 1], got {score_threshold}")

@@ -416,9 +416,9 @@ def test_perturbation_methods_per_box_and_their_limits():
 def test_a_box_within_rounding_of_its_detection_adds_no_iou_gradient():
     """IoU >= 1 - PERFECT_MATCH is the detection's own box recomputed (another batch's rounding): the score's
     gradient is the confidence's alone, as at IoU == 1 exactly; a clearly different box keeps its IoU term."""
-    from explainer.detection.scoring import PERFECT_MATCH, box_score
-
     import inspect
+
+    from explainer.detection.scoring import PERFECT_MATCH, box_score
 
     # the literal box_score compiles with (TorchScript reads no globals) is the constant
     assert PERFECT_MATCH == 1e-4 and "1.0 - 1e-4" in inspect.getsource(box_score)

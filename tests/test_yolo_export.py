@@ -1,6 +1,6 @@
 """A YOLO detector's explanation exported to ONNX (export.detector_onnx) and run by ONNX Runtime, OpenVINO and
 OpenCV's DNN: the eager explainer's detections and maps on fresh images (another batch size than the export's),
-both target modes, padding, clear errors. Each export traces for ~40 s: one file per mode, shared."""
+both target modes, padding, clear errors. Each export traces for ~50 s: one file per mode, shared (slow-marked)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import torch
 import export
 from explainer import Explainer, InputError
 from explainer.errors import ExportError
-from tests.yolo_models import yolo, yolo_images
+from tests.yolo_models import ultralytics_onnx, yolo, yolo_images
 
 pytest.importorskip("ultralytics", reason="the yolo extra (ultralytics) is not installed")
+#: every test here but the error checks exports (about a minute of tracing each): slow-marked, run in CI
+slow = pytest.mark.slow
 
 SIZE = (128, 160)
 K = 4
@@ -66,6 +68,7 @@ def eager_boxes(found: list, k: int) -> tuple[np.ndarray, np.ndarray]:
     return boxes, labels
 
 
+@slow
 @pytest.mark.parametrize("runtime", runtimes())
 def test_the_detections_graph_explains_what_the_eager_explainer_does(graphs, runtime):
     exp, files = graphs
@@ -83,6 +86,7 @@ def test_the_detections_graph_explains_what_the_eager_explainer_does(graphs, run
             assert float((a.cam - b.cam).abs().max()) <= MAP_TOLERANCE
 
 
+@slow
 @pytest.mark.parametrize("runtime", runtimes())
 def test_the_boxes_graph_explains_given_boxes_for_any_k(graphs, runtime):
     exp, files = graphs
@@ -102,6 +106,7 @@ def test_the_boxes_graph_explains_given_boxes_for_any_k(graphs, runtime):
                     assert int(out["labels"][i, j]) == -1 and float(out["cams"][i, j].abs().max()) == 0.0
 
 
+@slow
 def test_runtime_input_errors(graphs):
     _, files = graphs
     detections, boxes = export.load(files["detections"]), export.load(files["boxes"])
@@ -138,17 +143,9 @@ def test_export_errors(tmp_path):
 
 
 def test_a_yolo_onnx_files_explanation_does_not_export_yet(tmp_path):
-    ultralytics = pytest.importorskip("ultralytics")
-    wrapper = ultralytics.YOLO("yolov8n.yaml")
-    wrapper.model = yolo("yolov8n")
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        written = wrapper.export(format="onnx", imgsz=SIZE, dynamic=True, simplify=False, verbose=False)
-    finally:
-        os.chdir(cwd)
+    written = ultralytics_onnx("yolov8n", tmp_path, SIZE)
     with pytest.raises(ExportError, match="YOLO given as an ONNX file does not export yet"):
-        export.to_onnx(Explainer.for_detector(tmp_path / written), tmp_path / "e.onnx", yolo_images(1, size=SIZE))
+        export.to_onnx(Explainer.for_detector(written), tmp_path / "e.onnx", yolo_images(1, size=SIZE))
 
 
 @pytest.mark.slow
@@ -164,6 +161,7 @@ def test_yolo11_and_eigencam_graphs(tmp_path, name, method):
         assert a.label == b.label and float((a.cam - b.cam).abs().max()) <= MAP_TOLERANCE
 
 
+@slow
 def test_cli_explains_pictures_with_an_exported_graph(graphs, tmp_path, capsys):
     import cv2
     import skimage.data

@@ -19,9 +19,9 @@ from explainer.detection.yolo_onnx import OnnxYoloParts
 from explainer.errors import OnnxModelError
 from explainer.methods import exportable_methods
 from tests.test_yolo import offset_target
-from tests.yolo_models import YOLOS, yolo, yolo_images
+from tests.yolo_models import YOLOS, ultralytics_onnx, yolo, yolo_images
 
-ultralytics = pytest.importorskip("ultralytics", reason="the yolo extra (ultralytics) is not installed")
+pytest.importorskip("ultralytics", reason="the yolo extra (ultralytics) is not installed")
 
 SIZE = (128, 160)
 #: after min-max normalisation, against the PyTorch route on the same (batch-norm-fused) weights; measured
@@ -40,19 +40,11 @@ def onnx_files(tmp_path_factory):
     """``{(name, dynamic): path}``: the seeded test detectors exported by ultralytics' own exporter."""
     folder = tmp_path_factory.mktemp("yolo_onnx")
     files = {}
-    cwd = os.getcwd()
-    os.chdir(folder)  # the exporter writes next to the yaml name it was given
-    try:
-        for name in YOLOS:
-            for dynamic in (True, False):
-                wrapper = ultralytics.YOLO(f"{name}.yaml")
-                wrapper.model = yolo(name)
-                written = wrapper.export(format="onnx", imgsz=SIZE, dynamic=dynamic, simplify=False, verbose=False)
-                path = folder / f"{name}_{'dynamic' if dynamic else 'fixed'}.onnx"
-                os.replace(written, path)
-                files[name, dynamic] = str(path)
-    finally:
-        os.chdir(cwd)
+    for name in YOLOS:
+        for dynamic in (True, False):
+            path = folder / f"{name}_{'dynamic' if dynamic else 'fixed'}.onnx"
+            os.replace(ultralytics_onnx(name, folder, SIZE, dynamic), path)
+            files[name, dynamic] = str(path)
     return files
 
 

@@ -51,3 +51,21 @@ def float64_yolo(name: str = "yolov8n") -> torch.nn.Module:
 
 def yolo_images(n: int = 1, seed: int = 0, size: tuple[int, int] = (256, 320)) -> torch.Tensor:
     return torch.rand(n, 3, *size, generator=torch.Generator().manual_seed(seed))
+
+
+def ultralytics_onnx(name: str, folder, size, dynamic: bool = True) -> str:
+    """The seeded ``yolo(name)`` exported by ultralytics' own exporter into ``folder``: the path of the file.
+    The exporter's device selection sets torch's threads to ``cpu_count - 1`` process-wide (1 on 2 cores):
+    restored here, or every later test and benchmark in the session would run on one thread."""
+    ultralytics = pytest.importorskip("ultralytics", reason="the yolo extra (ultralytics) is not installed")
+    threads = torch.get_num_threads()
+    cwd = os.getcwd()
+    os.chdir(folder)  # the exporter writes next to the yaml name it was given
+    try:
+        wrapper = ultralytics.YOLO(f"{name}.yaml")
+        wrapper.model = yolo(name)
+        written = wrapper.export(format="onnx", imgsz=size, dynamic=dynamic, simplify=False, verbose=False)
+        return os.path.join(os.fspath(folder), os.fspath(written))
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)

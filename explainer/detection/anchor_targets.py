@@ -69,6 +69,30 @@ def top_detections(decoded: Tensor, k: int, confidence: float, nms_iou: float,
         return torch.stack(out_boxes, 1), torch.stack(out_scores, 1), torch.stack(out_labels, 1)
 
 
+def box_scores(box: Tensor, probability: Tensor, ref_boxes: Tensor, ref_labels: Tensor, eligible: Tensor,
+               iou_threshold: float) -> tuple[Tensor, Tensor]:
+    """``(scores, matched)`` of reference boxes ``(..., 4)`` / labels ``(...)`` against their matched anchors'
+    boxes ``box`` ``(..., 4)`` and probabilities of the reference's label ``(...)``: ``IoU + probability``
+    where the IoU exceeds ``iou_threshold`` (and ``eligible``: an anchor was found), else 0; at the
+    detection's own box (IoU within PERFECT_MATCH of 1) the IoU term adds no gradient, as box_score."""
+    iou = paired_iou(ref_boxes.to(box), box)
+    iou = torch.where(iou.detach() >= 1.0 - PERFECT_MATCH, iou.detach(), iou)
+    matched = (iou.detach() > iou_threshold) & (ref_labels >= 0) & eligible
+    return torch.where(matched, iou + probability, torch.zeros_like(iou)), matched
+
+
+def matched_anchors(decoded: Tensor, ref_boxes: Tensor, ref_labels: Tensor, confidence: float) -> tuple[Tensor, Tensor]:
+    """``(anchor (N, K) int64, found (N, K) bool)``: for each reference box, the anchor of its label with
+    confidence >= ``confidence`` whose box overlaps it most (``found``: there is one). Without grad."""
+    with torch.no_grad():
+        boxes = xyxy(decoded)
+        best, labels = decoded[:, 4:].max(dim=1)  # (N, A)
+        overlap = paired_iou(ref_boxes[:, :, None, :].to(boxes), boxes[:, None, :, :])  # (N, K, A)
+        eligible = (labels[:, None, :] == ref_labels[:, :, None]) & (best[:, None, :] >= confidence)
+        overlap = torch.where(eligible, overlap, torch.full_like(overlap, -1.0))
+        return overlap.argmax(dim=2), overlap.amax(dim=2) > -1.0
+
+
 def anchor_scores(decoded: Tensor, ref_boxes: Tensor, ref_labels: Tensor, confidence: float,
                   iou_threshold: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(scores (N, K), boxes (N, K, 4), probabilities (N, K), matched (N, K) bool)`` of reference boxes
@@ -76,21 +100,16 @@ def anchor_scores(decoded: Tensor, ref_boxes: Tensor, ref_labels: Tensor, confid
     module docstring. ``scores`` is differentiable through ``decoded``; the rest is detached."""
     boxes = xyxy(decoded)  # (N, A, 4)
     probabilities = decoded[:, 4:]  # (N, C, A)
+    anchor, has_anchor = matched_anchors(decoded, ref_boxes, ref_labels, confidence)
     with torch.no_grad():
-        best, labels = probabilities.max(dim=1)  # (N, A)
-        overlap = paired_iou(ref_boxes[:, :, None, :].to(boxes), boxes[:, None, :, :])  # (N, K, A)
-        eligible = (labels[:, None, :] == ref_labels[:, :, None]) & (best[:, None, :] >= confidence)
-        overlap = torch.where(eligible, overlap, torch.full_like(overlap, -1.0))
-        anchor = overlap.argmax(dim=2)  # (N, K)
         onehot = (torch.arange(boxes.shape[1], device=decoded.device) == anchor[..., None]).to(boxes.dtype)
-        classes = (torch.arange(probabilities.shape[1], device=decoded.device)[None, :, None]
-                   == ref_labels[:, None, :]).to(boxes.dtype)  # (N, C, K)
-        has_anchor = overlap.amax(dim=2) > -1.0
     box = _pick(boxes, onehot)  # (N, K, 4), differentiable
-    probability = (torch.bmm(probabilities, onehot.transpose(1, 2)) * classes).sum(dim=1)  # (N, K)
-    iou = paired_iou(ref_boxes.to(box), box)
-    # the detection's own box (IoU 1 up to rounding): its IoU term adds no gradient, as box_score
-    iou = torch.where(iou.detach() >= 1.0 - PERFECT_MATCH, iou.detach(), iou)
-    matched = (iou.detach() > iou_threshold) & (ref_labels >= 0) & has_anchor
-    scores = torch.where(matched, iou + probability, torch.zeros_like(iou))
+    probability = (torch.bmm(probabilities, onehot.transpose(1, 2)) * label_onehot(ref_labels, probabilities.shape[1],
+                                                                                   boxes.dtype)).sum(dim=1)  # (N, K)
+    scores, matched = box_scores(box, probability, ref_boxes, ref_labels, has_anchor, iou_threshold)
     return scores, box.detach(), probability.detach(), matched
+
+
+def label_onehot(labels: Tensor, classes: int, dtype: torch.dtype) -> Tensor:
+    """``(N, classes, K)``: 1 where class c is ``labels[n, k]`` (labels ``(N, K)``; -1 selects none)."""
+    return (torch.arange(classes, device=labels.device)[None, :, None] == labels[:, None, :]).to(dtype)
