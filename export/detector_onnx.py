@@ -41,10 +41,11 @@ from torch.export import Dim
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from explainer.detection.anchor_targets import (
-    anchor_scores,
     box_scores,
+    corners,
     label_onehot,
     matched_anchors,
+    scores_at,
     top_detections,
 )
 from explainer.detection.scoring import combine_levels
@@ -114,11 +115,10 @@ def explanation_function(explainer: Any, levels: list[int], targets: str, max_bo
             ref_boxes, ref_labels = picked[0], picked[2]
         assert ref_boxes is not None and ref_labels is not None
         with torch.no_grad():
-            _, box, probability, matched = anchor_scores(decoded, ref_boxes, ref_labels, parts.confidence,
-                                                         iou_threshold)
+            anchor, found = matched_anchors(decoded, ref_boxes, ref_labels, parts.confidence)
+            _, box, probability, matched = scores_at(decoded, anchor, found, ref_boxes, ref_labels, iou_threshold)
         k = ref_boxes.shape[1]
         if method.needs_gradient:
-            anchor, found = matched_anchors(decoded, ref_boxes, ref_labels, parts.confidence)
             grads = crop_gradients(parts, maps, levels, strides, anchor, found, ref_boxes, ref_labels, iou_threshold)
             raws = [method.compute(maps[i], g) for i, g in zip(levels, grads)]
         else:
@@ -188,8 +188,7 @@ def crop_gradients(parts: Any, maps: list[Tensor], levels: list[int], strides: l
         total = decoded.new_zeros(())
         for level in levels:
             outputs = torch.bmm(decoded, picks[level])[..., 0]  # (N K, 4 + classes): the centre anchor
-            centre_xy = outputs[:, 0:2] + shifts[level]
-            box = torch.cat([centre_xy - outputs[:, 2:4] / 2, centre_xy + outputs[:, 2:4] / 2], dim=1)
+            box = corners(torch.cat([outputs[:, 0:2] + shifts[level], outputs[:, 2:4]], dim=1))
             probability = (outputs[:, 4:] * classes).sum(dim=1)
             scores, _ = box_scores(box, probability, flat_boxes, flat_labels, eligible[level], iou_threshold)
             total = total + scores.sum()

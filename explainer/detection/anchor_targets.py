@@ -7,8 +7,8 @@ probability (:meth:`explainer.detection.yolo.YoloParts.decoded`).
 
 * :func:`top_detections` -- the ``k`` best detections of each image by greedy class-aware NMS unrolled
   ``k`` times: the first ``k`` boxes torchvision's ``batched_nms`` keeps, in the same order.
-* :func:`anchor_scores` -- the score of reference boxes (one per target): among the anchors of the
-  reference's label with confidence >= ``confidence``, the one whose box overlaps the reference most;
+* :func:`matched_anchors` and :func:`scores_at` -- the score of reference boxes (one per target): among
+  the anchors of the reference's label with confidence >= ``confidence``, the one whose box overlaps the reference most;
   the score is ``IoU + probability`` when the IoU exceeds ``iou_threshold`` (pytorch-grad-cam's box
   score, as :class:`~explainer.detection.DetectionTarget` with ``same_label=True``), else 0. For a
   detection's own box this is the detection itself, as in the eager explainer; for other boxes the
@@ -21,10 +21,15 @@ from torch import Tensor
 from explainer.detection.scoring import PERFECT_MATCH
 
 
+def corners(xywh: Tensor) -> Tensor:
+    """Boxes ``cx, cy, w, h`` ``(..., 4)`` -> ``x1, y1, x2, y2`` ``(..., 4)``."""
+    centre, size = xywh[..., 0:2], xywh[..., 2:4]
+    return torch.cat([centre - size / 2, centre + size / 2], dim=-1)
+
+
 def xyxy(decoded: Tensor) -> Tensor:
     """``(N, A, 4)`` boxes ``x1, y1, x2, y2`` from ``decoded`` ``(N, 4 + classes, A)``."""
-    centre, size = decoded[:, 0:2], decoded[:, 2:4]
-    return torch.cat([centre - size / 2, centre + size / 2], dim=1).transpose(1, 2)
+    return corners(decoded[:, 0:4].transpose(1, 2))
 
 
 def paired_iou(a: Tensor, b: Tensor) -> Tensor:
@@ -93,14 +98,14 @@ def matched_anchors(decoded: Tensor, ref_boxes: Tensor, ref_labels: Tensor, conf
         return overlap.argmax(dim=2), overlap.amax(dim=2) > -1.0
 
 
-def anchor_scores(decoded: Tensor, ref_boxes: Tensor, ref_labels: Tensor, confidence: float,
-                  iou_threshold: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def scores_at(decoded: Tensor, anchor: Tensor, has_anchor: Tensor, ref_boxes: Tensor, ref_labels: Tensor,
+              iou_threshold: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(scores (N, K), boxes (N, K, 4), probabilities (N, K), matched (N, K) bool)`` of reference boxes
-    ``ref_boxes`` ``(N, K, 4)`` with labels ``ref_labels`` ``(N, K)`` (-1: padding, never matched); see the
-    module docstring. ``scores`` is differentiable through ``decoded``; the rest is detached."""
+    ``ref_boxes`` ``(N, K, 4)`` with labels ``ref_labels`` ``(N, K)`` (-1: padding, never matched) at the
+    anchors :func:`matched_anchors` found (``anchor``, ``has_anchor``); see the module docstring. ``scores``
+    is differentiable through ``decoded``; the rest is detached."""
     boxes = xyxy(decoded)  # (N, A, 4)
     probabilities = decoded[:, 4:]  # (N, C, A)
-    anchor, has_anchor = matched_anchors(decoded, ref_boxes, ref_labels, confidence)
     with torch.no_grad():
         onehot = (torch.arange(boxes.shape[1], device=decoded.device) == anchor[..., None]).to(boxes.dtype)
     box = _pick(boxes, onehot)  # (N, K, 4), differentiable

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torchvision.ops import nms
 
 from explainer.detection.anchor_split import crop_gradients, receptive_radius, split_gradients
+from explainer.detection.anchor_targets import corners
 from explainer.detection.parts import Prepared, concatenated_levels, selected_levels
 from explainer.errors import InputError, ModelOutputError
 
@@ -149,7 +150,7 @@ class YoloParts:
         for outputs, keep in candidates:
             xywh, probabilities = outputs[:4].T, outputs[4:].T
             scores, labels = probabilities.max(dim=1)
-            boxes = _xyxy(xywh)
+            boxes = corners(xywh)
             if suppress:
                 precision = torch.float32 if boxes.dtype in (torch.float16, torch.bfloat16) else boxes.dtype
                 chosen = _class_aware_nms(boxes.detach().to(precision), scores.detach().to(precision), labels,
@@ -198,11 +199,6 @@ def _class_aware_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou: float) 
         return torch.empty(0, dtype=torch.int64, device=boxes.device)
     offsets = labels.to(boxes) * (boxes.max() + 1)
     return nms(boxes + offsets[:, None], scores, iou)
-
-
-def _xyxy(xywh: Tensor) -> Tensor:
-    centre, size = xywh[:, :2], xywh[:, 2:]
-    return torch.cat([centre - size / 2, centre + size / 2], dim=1)
 
 
 @dataclass(frozen=True)
