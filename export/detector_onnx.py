@@ -203,7 +203,7 @@ def crop_gradients(parts: Any, maps: list[Tensor], levels: list[int], strides: l
     return out
 
 
-class WithMaps(torch.nn.Module):
+class _Finish(torch.nn.Module):
     """The traced explanation plus :func:`~explainer.detection.scoring.combine_levels` of its raw maps,
     outside the trace so that the resizing exports as ONNX ``Resize`` ops (traced, it decomposes into
     products with constant interpolation matrices)."""
@@ -212,17 +212,21 @@ class WithMaps(torch.nn.Module):
         super().__init__()
         self.traced, self.height, self.width = traced, height, width
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        return self.finish(self.traced(images))
-
     def finish(self, out: tuple[Tensor, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         boxes, scores, labels, *raws = out
         h, w = self.height, self.width
         return boxes, scores, labels, combine_levels(list(raws), h, w, h, w, h, w)
 
 
-class WithMapsOfBoxes(WithMaps):
-    """:class:`WithMaps` of a targets="boxes" explanation: ``(images, ref_boxes, ref_labels)``."""
+class WithMaps(_Finish):
+    """A targets="detections" explanation: ``images -> (boxes, scores, labels, cams)``."""
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.finish(self.traced(images))
+
+
+class WithMapsOfBoxes(_Finish):
+    """A targets="boxes" explanation: ``(images, ref_boxes, ref_labels) -> (boxes, scores, labels, cams)``."""
 
     def forward(self, images: Tensor, ref_boxes: Tensor, ref_labels: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         return self.finish(self.traced(images, ref_boxes, ref_labels))

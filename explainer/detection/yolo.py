@@ -77,7 +77,7 @@ class YoloParts:
         self.confidence, self.iou, self.max_detections = float(confidence), float(iou), int(max_detections)
         self.inputs = [head.f] if isinstance(head.f, int) else list(head.f)  # the layers feeding the head
         self.stride = int(max(float(s) for s in model.stride)) if hasattr(model, "stride") else 32
-        self.num_classes = int(head.nc)
+        self.num_classes: int | None = int(head.nc)
         #: the head's receptive radius in cells (None: unknown, one backward per target)
         self.radius = receptive_radius([*head.cv2, *head.cv3]) if hasattr(head, "cv2") and hasattr(head, "cv3") \
             else None
@@ -165,16 +165,19 @@ class YoloParts:
     #: (:func:`~explainer.detection.anchor_split.crop_gradients`): the head runs on any map size
     crops = True
 
-    def level_gradients(self, scores: Tensor, decoded: Tensor, leaves: list[Tensor], levels: list[int],
-                        prepared: Prepared) -> list[Tensor] | None:
+    def level_gradients(self, scores: Tensor, decoded: Tensor | list[tuple[Tensor, Tensor]], leaves: list[Tensor],
+                        levels: list[int], prepared: Prepared) -> list[Tensor] | None:
         """K targets' gradients ``(N, K, C, h, w)`` per leaf: from the head re-run on crops
-        (:func:`~explainer.detection.anchor_split.crop_gradients`; ``decoded`` may then be a leaf, the head
-        run without grad), or else from a few whole-head backwards
-        (:func:`~explainer.detection.anchor_split.split_gradients`); None where the head's locality is unknown."""
+        (:func:`~explainer.detection.anchor_split.crop_gradients`; ``decoded`` is then the detections' anchors'
+        outputs as leaves, :meth:`candidates`-shaped, the head having run without grad), or else from a few
+        whole-head backwards (:func:`~explainer.detection.anchor_split.split_gradients`; ``decoded``: the
+        head's output); None where the head's locality is unknown."""
         if self.radius is None:
             return None
         if self.crops:
+            assert isinstance(decoded, list)
             return crop_gradients(scores, decoded, prepared.maps, levels, self.radius, self.decoded)
+        assert isinstance(decoded, Tensor)
         sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in prepared.maps]
         return split_gradients(scores, decoded, leaves, levels, sizes, self.radius)
 
