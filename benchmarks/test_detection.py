@@ -45,6 +45,7 @@ def test_detector_explanations(benchmark, tmp_path):
 
     gradcam = Explainer.for_detector(model, "fpn", "gradcam")
     eigen_fpn = gradcam.with_method("eigencam")
+    layercam = gradcam.with_method("layercam")
     eigen_concat = Explainer.for_detector(model, "concat", "eigencam")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.jit's deprecation notice
@@ -57,6 +58,8 @@ def test_detector_explanations(benchmark, tmp_path):
         "eigencam, fpn": lambda: eigen_fpn(photo),
         "eigencam, concat": lambda: eigen_concat(photo),
         "gradcam, 5 boxes each": lambda: gradcam.explain_detections(photo, score_threshold=0.0, max_boxes=5),
+        "gradcam, 10 boxes each": lambda: gradcam.explain_detections(photo, score_threshold=0.0, max_boxes=10),
+        "layercam, 10 boxes each": lambda: layercam.explain_detections(photo, score_threshold=0.0, max_boxes=10),
     }
     try:
         import pytorch_grad_cam as pgc

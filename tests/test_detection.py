@@ -431,3 +431,63 @@ def test_a_box_within_rounding_of_its_detection_adds_no_iou_gradient():
                                                 [boxes, scores], allow_unused=True)
         assert float(g_scores[0]) == 1.0
         assert (g_boxes is not None and bool(g_boxes.abs().sum() > 0)) == iou_gradient, shift
+
+
+@pytest.mark.parametrize("name", ["fasterrcnn_mobilenet_v3_large_fpn", "tiny",
+                                  pytest.param("fasterrcnn_resnet50_fpn_v2", marks=pytest.mark.slow)])
+def test_rcnn_k_boxes_from_their_own_rois_equal_one_whole_head_backward_each_in_float64(name):
+    """explainer.detection.roi_split: the box head without grad, each target's gradient from the box head
+    re-run on the RoIs it reads, equals (float64, to 1e-12) one backward per target through the whole
+    detector from the maps -- boxes offset from their detections, a target of two boxes, a padding target
+    -- and the heads-without-grad run gives the detector's own detections."""
+    from explainer.detection.explainer import NO_DETECTION, _level_gradients
+    from tests.detectors import tiny_detector
+
+    model = copy.deepcopy(tiny_detector() if name == "tiny" else detector(name)).double()
+    x = images(2, seed=3).double()
+    exp = Explainer.for_detector(model, "fpn", "gradcam")
+    parts = exp.parts
+    assert parts.roi_split and parts.splits(1)
+    prepared = parts.prepare(x)
+    levels = parts.selected(prepared, None)
+    with torch.no_grad():
+        found = model(list(x))
+    leaves, split_detections, state = exp._forward(prepared, levels, True)
+    for own, split in zip(found, split_detections):
+        assert torch.equal(own["labels"], split["labels"])
+        torch.testing.assert_close(own["boxes"], split["boxes"].detach(), atol=1e-9, rtol=0)
+        torch.testing.assert_close(own["scores"], split["scores"].detach(), atol=1e-12, rtol=0)
+    offset = torch.tensor([1.0, -1.0, 2.0, 1.0], dtype=torch.float64)
+    per_image = [[DetectionTarget([int(d["labels"][j])], (d["boxes"][j] + offset)[None].tolist(), same_label=True)
+                  for j in range(3)] + [NO_DETECTION] for d in found]
+    per_image[1][0] = DetectionTarget(found[1]["labels"][:2], found[1]["boxes"][:2] - offset)  # two boxes, one target
+
+    def scores(detections):
+        with torch.enable_grad():
+            return torch.stack([torch.stack([t(d) for t in ts]) for d, ts in zip(detections, per_image)])
+
+    split = parts.level_gradients(scores(split_detections), state, leaves, levels, prepared)
+    whole_leaves, whole_detections, _ = exp._forward(prepared, levels, False)  # the whole head, with grad
+    whole = _level_gradients(scores(whole_detections), whole_leaves)
+    assert float(whole[0].abs().amax(dim=(2, 3, 4))[:, :3].min()) > 0  # every real target has a gradient
+    for s, w in zip(split, whole):
+        assert s.shape == w.shape
+        assert float((s - w).abs().max()) <= 1e-12 * max(1.0, float(w.abs().max()))
+    assert float(split[0][:, 3].abs().max()) == 0.0  # the padding target: no gradient
+
+
+def test_rcnn_maps_from_the_split_equal_the_whole_head_route():
+    """Float32 maps of one target (``exp(x, t)``) and of every kept box (``explain_detections``) are those of
+    the whole-head backward, the split switched off on the explainer's own parts."""
+    model = detector("fasterrcnn_mobilenet_v3_large_fpn")
+    x = images(2, seed=1)
+    exp = Explainer.for_detector(model, "fpn", "gradcam")
+    target = [target_of(model, x, 0), target_of(model, x, 1)]
+    fast, per_box = exp(x, target).cams, exp.explain_detections(x, score_threshold=0.0, max_boxes=4)
+    exp.parts.roi_split = False
+    slow, per_box_slow = exp(x, target).cams, exp.explain_detections(x, score_threshold=0.0, max_boxes=4)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+    for boxes, boxes_slow in zip(per_box, per_box_slow):
+        assert [b.label for b in boxes] == [b.label for b in boxes_slow] and len(boxes) == 4
+        for b, b_slow in zip(boxes, boxes_slow):
+            torch.testing.assert_close(b.cam, b_slow.cam, atol=1e-5, rtol=0)

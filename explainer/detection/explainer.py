@@ -192,8 +192,8 @@ class DetectionExplainer:
         One backbone forward, one detector-head run (with grad, for gradient methods: it also picks the
         boxes) and one batched backward for the whole batch: the K kept boxes of each image are K
         :class:`DetectionTarget` s (the box and its label), images with fewer boxes padded.
-        (The backward still costs about one head backward per box: measured 0.4 s a box for Faster R-CNN
-        mobilenet_v3 at 160 px on 2 CPU cores, its 1000 RoIs dominating.)
+        (For YOLO and Faster R-CNN the heads run once without grad, and the backward crosses only the kept
+        boxes' own anchors or RoIs: :mod:`explainer.detection.anchor_split`, :mod:`explainer.detection.roi_split`.)
         Returns, per image, its detections with maps ``(H, W)``, best score first: an empty list for an
         image with no detection above the threshold; ``[]`` for an empty batch.
         """
@@ -207,7 +207,7 @@ class DetectionExplainer:
             levels = self.parts.selected(prepared, self.levels)
             forward = None
             if self.method.needs_gradient and not self.concat:  # one head run, with grad: it picks the boxes too
-                forward = self._forward(prepared, levels, hasattr(self.parts, "level_gradients"))
+                forward = self._forward(prepared, levels, hasattr(self.parts, "splits"))
                 found = _detached(forward[1])
             else:
                 with torch.no_grad():
@@ -246,24 +246,20 @@ class DetectionExplainer:
     def _forward(self, prepared: Prepared, levels: list[int],
                  dense: bool) -> tuple[list[Tensor], list[dict[str, Tensor]], Any]:
         """The explained levels as leaves and the detector run from them (with grad for gradient methods):
-        ``(leaves, detections, decoded)``; ``decoded`` only when ``dense``: the head's output, or where the
-        parts take gradients from crops, the candidate anchors' outputs (leaves: the head ran without grad)."""
+        ``(leaves, detections, decoded)``; ``decoded`` only when ``dense``: what the parts' ``level_gradients``
+        reads -- where they split the heads (``split_forward``: YOLO's crops, R-CNN's RoIs) the outputs the
+        detections are differentiable from (leaves: the heads ran without grad), else a dense head's output."""
         needs_grad = self.method.needs_gradient
         leaves = [prepared.maps[i].detach().requires_grad_(needs_grad) for i in levels]
         maps = list(prepared.maps)
         for i, leaf in zip(levels, leaves):
             maps[i] = leaf.clone() if needs_grad else leaf  # clone: the head may work in place
-        if dense and needs_grad and getattr(self.parts, "crops", False) and self.parts.radius is not None:
-            # gradients from the head re-run on crops (explainer.detection.anchor_split.crop_gradients): the
-            # whole head runs without grad, the detections are differentiable from its output only
-            with torch.no_grad():  # the detections' own anchors' outputs become the leaves
-                decoded = self.parts.decoded(maps)
-                kept = [d["anchors"] for d in self.parts.from_decoded(decoded)]
-            candidates = [(row[:, anchors].detach().requires_grad_(True), anchors) for row, anchors in zip(decoded, kept)]
-            with torch.enable_grad():
-                return leaves, self.parts.from_candidates(candidates, suppress=False), candidates
         with torch.set_grad_enabled(needs_grad):
-            if dense:  # a dense head: K targets' gradients from a few backwards (explainer.detection.anchor_split)
+            if dense and needs_grad:  # the heads without grad, detections differentiable from what the parts split at
+                split = self.parts.split_forward(prepared, maps)
+                if split is not None:
+                    return leaves, split[0], split[1]
+            if dense and hasattr(self.parts, "detect_decoded"):  # a dense head: K gradients from a few backwards
                 detections, decoded = self.parts.detect_decoded(prepared, maps)
                 return leaves, detections, decoded
             return leaves, self.parts.detect(prepared, maps), None
@@ -286,8 +282,8 @@ class DetectionExplainer:
             k = 1 if per_image is None else len(per_image[0])
             return detections, [raw.expand(-1, k, -1, -1)]
         needs_grad = self.method.needs_gradient
-        split = needs_grad and per_image is not None and hasattr(self.parts, "level_gradients") and (
-            len(per_image[0]) > 1 or (getattr(self.parts, "crops", False) and self.parts.radius is not None))
+        split = needs_grad and per_image is not None and hasattr(self.parts, "splits") and \
+            self.parts.splits(len(per_image[0]))
         leaves, detections, decoded = forward if forward is not None else self._forward(prepared, levels, split)
         split = split and decoded is not None
         k = 1 if per_image is None else len(per_image[0])

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from explainer.detection import roi_split
 from explainer.errors import LayerNotFoundError, ModelOutputError
 
 DETECTOR_TYPES = ("FasterRCNN", "MaskRCNN", "KeypointRCNN", "RetinaNet", "FCOS", "SSD")
@@ -95,6 +96,8 @@ class DetectorParts:
         self.model = model
         self.fpn = getattr(model.backbone, "fpn", None)
         self.levels = levels  # None: every level
+        #: K boxes' gradients from the box head re-run on their own RoIs (explainer.detection.roi_split)
+        self.roi_split = roi_split.supports(model)
 
     def target_names(self) -> list[str] | None:
         """The selectable target maps (``backbone.fpn.layer_blocks.<i>``); None without an FPN (SSD: ``"backbone"``)."""
@@ -125,6 +128,30 @@ class DetectorParts:
         extra = self.fpn.extra_blocks if self.fpn is not None else None
         clone = _shallow(self.model, backbone=_Maps(prepared, maps, extra))
         return clone(list(prepared.images))
+
+    def splits(self, k: int) -> bool:
+        """Whether K targets' gradients come from :meth:`level_gradients` (after :meth:`split_forward`)."""
+        return self.roi_split
+
+    def split_forward(self, prepared: Prepared, maps: list[Tensor]) -> tuple[list[dict[str, Tensor]], Any] | None:
+        """R-CNN detectors: the detections from ``maps`` with the heads run without grad, differentiable from
+        the box head's outputs (:func:`~explainer.detection.roi_split.rcnn_forward`), and the state
+        :meth:`level_gradients` reads; None for the other detectors."""
+        if not self.roi_split:
+            return None
+        extra = self.fpn.extra_blocks if self.fpn is not None else None
+        features = _Maps(prepared, [m.detach() for m in maps], extra)(prepared.canvas)
+        originals = [(int(i.shape[-2]), int(i.shape[-1])) for i in prepared.images]
+        return roi_split.rcnn_forward(self.model, prepared.canvas, prepared.image_sizes, originals, features)
+
+    def level_gradients(self, scores: Tensor, state: Any, leaves: list[Tensor], levels: list[int],
+                        prepared: Prepared) -> list[Tensor] | None:
+        """K targets' gradients ``(N, K, C, h, w)`` per explained level from :meth:`split_forward`'s state
+        (:func:`~explainer.detection.roi_split.rcnn_gradients`)."""
+        if not isinstance(state, roi_split.RoiState):
+            return None
+        return roi_split.rcnn_gradients(self.model, scores, state, [prepared.names[i] for i in levels],
+                                        prepared.image_sizes)
 
     def concatenated(self, prepared: Prepared) -> Tensor:
         """Every backbone output level (the FPN's extra ones included), ``|x|`` resized bilinearly to the

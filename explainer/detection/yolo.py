@@ -165,6 +165,23 @@ class YoloParts:
     #: (:func:`~explainer.detection.anchor_split.crop_gradients`): the head runs on any map size
     crops = True
 
+    def splits(self, k: int) -> bool:
+        """Whether K targets' gradients come from :meth:`level_gradients`: with crops always, else for K > 1
+        (a few whole-head backwards); never where the head's locality is unknown."""
+        return self.radius is not None and (k > 1 or self.crops)
+
+    def split_forward(self, prepared: Prepared, maps: list[Tensor]) -> tuple[list[dict[str, Tensor]], Any] | None:
+        """With crops: the head run without grad and the detections differentiable from their own anchors'
+        outputs (leaves, :meth:`candidates`-shaped), which :meth:`level_gradients` reads; else None."""
+        if not (self.crops and self.radius is not None):
+            return None
+        with torch.no_grad():  # the detections' own anchors' outputs become the leaves
+            decoded = self.decoded(maps)
+            kept = [d["anchors"] for d in self.from_decoded(decoded)]
+        candidates = [(row[:, anchors].detach().requires_grad_(True), anchors) for row, anchors in zip(decoded, kept)]
+        with torch.enable_grad():
+            return self.from_candidates(candidates, suppress=False), candidates
+
     def level_gradients(self, scores: Tensor, decoded: Tensor | list[tuple[Tensor, Tensor]], leaves: list[Tensor],
                         levels: list[int], prepared: Prepared) -> list[Tensor] | None:
         """K targets' gradients ``(N, K, C, h, w)`` per leaf: from the head re-run on crops
