@@ -54,7 +54,9 @@ def assert_same_detections(eager, from_file):
         for a, b in zip(image_eager, image_file):
             assert a.label == b.label
             assert abs(a.score - b.score) < 1e-4
-            torch.testing.assert_close(a.box, b.box, atol=2e-3, rtol=0)  # pixels
+            # pixels: float32 rounding through two conversions of the whole network, which depends on the CPU's
+            # kernels (2.09e-3 px on a 130 px coordinate seen on one machine, under 2e-3 on another)
+            torch.testing.assert_close(a.box, b.box, atol=2e-3, rtol=2e-5)
             assert float((a.cam - b.cam).abs().max()) <= MAP_TOLERANCE
 
 
