@@ -124,7 +124,7 @@ def crop_gradients(scores: Tensor, candidates: list[tuple[Tensor, Tensor]], maps
     """
     n, k = scores.shape
     sizes = [(int(m.shape[-2]), int(m.shape[-1])) for m in maps]
-    reads = _candidate_reads(scores, [c for c, _ in candidates])  # per image: (K, outputs, M)
+    reads = candidate_reads(scores, [c for c, _ in candidates])  # per image: (K, outputs, M)
     out = {level: maps[level].new_zeros(n, k, *maps[level].shape[1:]) for level in levels}
     items: dict[int, list[tuple[int, int, int, int, int, Tensor]]] = {level: [] for level in levels}
     for i, ((_, anchors), dy_image) in enumerate(zip(candidates, reads)):
@@ -161,9 +161,18 @@ def _crop_size(size: tuple[int, int], radius: int) -> tuple[int, int]:
     return min(2 * radius + 1, size[0]), min(2 * radius + 1, size[1])
 
 
-def _candidate_reads(scores: Tensor, outputs: list[Tensor]) -> list[Tensor]:
-    """``d scores[i, j] / d outputs[i]`` for every image i and target j: per image ``(K, outputs, M_i)``, from
-    one batched backward through the few operations after the candidates (K separate ones without a batching rule)."""
+def candidate_reads(scores: Tensor, outputs: list[Tensor]) -> list[Tensor]:
+    """What each target reads of each of ``outputs``: ``d scores[:, j].sum() / d outputs[o]`` for every target j.
+
+    Args:
+        scores: ``(N, K)`` target scores, differentiable through ``outputs``.
+        outputs: tensors the scores were computed from (YOLO: one per image, ``(outputs, M_i)``; R-CNN: the box
+            head's ``(R, classes)`` logits and ``(R, 4 * classes)`` regression over all images' RoIs).
+
+    Returns:
+        one ``(K, *outputs[o].shape)`` tensor per output, zeros where a score does not read it. One batched
+        backward through the few operations after the candidates (K separate ones where an op has no batching rule).
+    """
     n, k = scores.shape
     if not scores.requires_grad:
         return [o.new_zeros(k, *o.shape) for o in outputs]

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from explainer.detection.anchor_split import _candidate_reads
+from explainer.detection.anchor_split import candidate_reads
 
 
 @dataclass
@@ -90,9 +90,10 @@ def rcnn_gradients(model: Any, scores: Tensor, state: RoiState, names: list[str]
     """
     n, k = scores.shape
     heads = model.roi_heads
-    logits_reads, regression_reads = _candidate_reads(scores, [state.logits, state.regression])  # (K, R, ...)
-    image_of = torch.cat([torch.full((len(p),), i, dtype=torch.long) for i, p in enumerate(state.proposals)])
+    logits_reads, regression_reads = candidate_reads(scores, [state.logits, state.regression])  # (K, R, ...)
     rois = torch.cat(state.proposals)
+    image_of = torch.cat([torch.full((len(p),), i, dtype=torch.long, device=rois.device)
+                          for i, p in enumerate(state.proposals)])  # (R,) the image each RoI belongs to
     # the (target, RoI) pairs a backward must cross: RoIs whose outputs a target's score reads
     used = (logits_reads.abs().sum(dim=2) + regression_reads.abs().sum(dim=2)) != 0  # (K, R)
     out = [state.features[name].new_zeros(n, k, *state.features[name].shape[1:]) for name in names]
@@ -101,8 +102,9 @@ def rcnn_gradients(model: Any, scores: Tensor, state: RoiState, names: list[str]
     slots: list[Tensor] = []  # slot n * K + j: the RoIs target j of image n reads, pooled from its own maps
     seeds_logits, seeds_regression = [], []
     for i in range(n):
+        in_image = image_of == i
         for j in range(k):
-            chosen = torch.nonzero(used[j] & (image_of.to(used.device) == i)).squeeze(1)
+            chosen = torch.nonzero(used[j] & in_image).squeeze(1)
             slots.append(rois[chosen])
             seeds_logits.append(logits_reads[j, chosen])
             seeds_regression.append(regression_reads[j, chosen])
