@@ -18,7 +18,9 @@ ONNX Runtime, OpenVINO and OpenCV's DNN (new engine) with no custom operator::
 No exporter accepts ``autograd.grad``; as for classifiers (:mod:`export.onnx_graph`), the function is
 traced first by ``make_fx`` with :func:`~export.decompositions.gradient_decompositions` (the gradient
 becomes forward ops: transposed convolutions), then exported by ``torch.onnx.export(dynamo=True)``.
-The batch (and K for targets="boxes") stays symbolic; the image size is the example's. The crops are the
+The batch (and K for targets="boxes") stays symbolic; the image size is the example's. A YOLO given as an
+ONNX file is traced at fixed shapes instead (:class:`StaticOnnxYolo`: its head's shapes come from ``Shape``
+nodes, folded to constants): the example's batch, K = max_boxes. The crops are the
 eager explainer's (:func:`explainer.detection.anchor_split.crop_gradients`) with fixed shapes: the
 anchors' positions are data, the crops' sizes are not.
 """
@@ -70,6 +72,8 @@ class DetectorOnnxInfo:
         method, layers: the method and the explained maps; detector: the model family.
         image_size: ``(H, W)`` the graph takes. targets: ``"detections"`` or ``"boxes"``.
         max_boxes: K of targets="detections" (None for "boxes": K is the inputs').
+        batch, boxes: the fixed batch and (targets="boxes") the fixed K of a graph traced at fixed shapes
+            (a YOLO given as an ONNX file); None where the graph takes any.
         confidence, nms_iou, score_threshold, iou_threshold: the detection and box-score settings.
         part: always ``"detector"``; format: ``"onnx"``.
     """
@@ -86,6 +90,10 @@ class DetectorOnnxInfo:
     iou_threshold: float
     part: str = "detector"
     format: str = "onnx"
+    #: the fixed batch of a graph traced at fixed shapes (a YOLO given as an ONNX file), None: any batch
+    batch: int | None = None
+    #: targets="boxes" at fixed shapes: K the ``ref_boxes`` input has (fewer are padded), None: any K
+    boxes: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self))
@@ -98,11 +106,18 @@ class DetectorOnnxInfo:
 
 
 def explanation_function(explainer: Any, levels: list[int], targets: str, max_boxes: int, score_threshold: float,
-                         iou_threshold: float = 0.5) -> Callable[..., tuple[Tensor, ...]]:
+                         iou_threshold: float = 0.5, parts: Any = None,
+                         strides: list[float] | None = None) -> Callable[..., tuple[Tensor, ...]]:
     """The traced function: ``(images[, boxes, labels]) -> (boxes, scores, labels, *raw maps (N, K, h_l, w_l))``
-    (module docstring); :class:`WithMaps` combines the raw maps outside the trace."""
-    parts, method = explainer.parts, explainer.method
-    strides = [float(s) for s in parts.head.stride] if method.needs_gradient else []  # read before tracing
+    (module docstring); :class:`WithMaps` combines the raw maps outside the trace.
+
+    Args:
+        parts: what runs the backbone and the head (default ``explainer.parts``; a YOLO given as an ONNX file
+            passes its :class:`StaticOnnxYolo`). strides: each level's stride in pixels (default: the head's).
+    """
+    parts, method = parts if parts is not None else explainer.parts, explainer.method
+    if strides is None:
+        strides = [float(s) for s in parts.head.stride] if method.needs_gradient else []  # read before tracing
 
     def explain(images: Tensor, ref_boxes: Tensor | None = None,
                 ref_labels: Tensor | None = None) -> tuple[Tensor, ...]:
@@ -203,6 +218,46 @@ def crop_gradients(parts: Any, maps: list[Tensor], levels: list[int], strides: l
     return out
 
 
+class StaticOnnxYolo:
+    """A YOLO given as an ONNX file, ready to be traced at fixed shapes: its converted backbone, and its head
+    specialised (:func:`~explainer.onnx_import.static_ops.fold_shapes`) once for the whole maps of ``batch``
+    images and once for the ``batch * k`` crops of :func:`crop_gradients`. ultralytics' ``dynamic=True``
+    files compute their reshapes and anchor grid from ``Shape``, which ``make_fx`` cannot follow; folded at
+    the shapes the graph will have, they are constants. Everything else is the explainer's parts'.
+
+    Args:
+        parts: the explainer's :class:`~explainer.detection.yolo_onnx.OnnxYoloParts`.
+        maps: the head's input maps of the example ``[(batch, C_l, h_l, w_l)]``; levels: the explained ones.
+        k: targets per image.
+    """
+
+    def __init__(self, parts: Any, maps: list[Tensor], levels: list[int], k: int) -> None:
+        from explainer.onnx_import.static_ops import fold_shapes
+
+        self.radius, self.num_classes = parts.radius, parts.num_classes
+        self.confidence, self.iou = parts.confidence, parts.iou
+        self.backbone = parts.model.backbone
+        n = int(maps[0].shape[0])
+        shapes = [tuple(m.shape) for m in maps]
+        self.heads = {tuple(shapes): fold_shapes(parts.model.head, *maps)}
+        if self.radius is not None:
+            r = int(self.radius)
+            crops = [m.new_zeros(n * k, m.shape[1], *((min(2 * r + 1, m.shape[2]), min(2 * r + 1, m.shape[3]))
+                                                      if i in levels else (1, 1))) for i, m in enumerate(maps)]
+            self.heads[tuple(tuple(c.shape) for c in crops)] = fold_shapes(parts.model.head, *crops)
+
+    def level_maps(self, images: Tensor) -> list[Tensor]:
+        out = self.backbone(images)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+    def decoded(self, maps: list[Tensor]) -> Tensor:
+        """The head specialised to these maps' shapes, ``(N, 4 + classes, anchors)``."""
+        head = self.heads.get(tuple(tuple(m.shape) for m in maps))
+        if head is None:  # pragma: no cover - the graph only runs the shapes folded above
+            raise ExportError(f"no head folded for maps {[tuple(m.shape) for m in maps]}")
+        return head(*maps)
+
+
 class _Finish(torch.nn.Module):
     """The traced explanation plus :func:`~explainer.detection.scoring.combine_levels` of its raw maps,
     outside the trace so that the resizing exports as ONNX ``Resize`` ops (traced, it decomposes into
@@ -272,12 +327,18 @@ def detector_to_onnx(explainer: Any, path: str | os.PathLike, example: Tensor, t
     """Export a YOLO :class:`~explainer.detection.DetectionExplainer` (PyTorch model or ONNX file) to an ONNX
     graph (see the module docstring); returns the metadata stored in it.
 
+    The graph of a PyTorch model takes any batch (and any K of ``ref_boxes``). The graph of a YOLO given as an
+    ONNX file is traced at fixed shapes (its head's shapes are read from ``Shape`` nodes, folded to constants
+    there): the example's batch and, for targets="boxes", K = ``max_boxes``; :func:`export.load` runs other
+    batches in chunks of it and pads fewer boxes.
+
     Args:
         explainer: a detector explainer of an ultralytics YOLO, with a gradient method or eigencam.
         path: the ``.onnx`` file to write (weights inside); its folder must exist.
         example: ``(N, 3, H, W)`` images in [0, 1] (letterboxed: sides multiples of 32); fixes H x W.
         targets: ``"detections"`` (the graph explains its own ``max_boxes`` best detections) or
-            ``"boxes"`` (``ref_boxes`` ``(N, K, 4)`` and ``ref_labels`` ``(N, K)`` int64 are inputs, K any).
+            ``"boxes"`` (``ref_boxes`` ``(N, K, 4)`` and ``ref_labels`` ``(N, K)`` int64 are inputs, K any;
+            at most ``max_boxes`` for an ONNX file's graph).
         score_threshold: the least score a detection needs to be explained (None: the confidence filter's).
     """
     import onnx
@@ -291,10 +352,7 @@ def detector_to_onnx(explainer: Any, path: str | os.PathLike, example: Tensor, t
                           "(export.to_torchscript)")
     from explainer.detection.yolo_onnx import OnnxYoloParts
 
-    if isinstance(parts, OnnxYoloParts):
-        raise ExportError("the explanation of a YOLO given as an ONNX file does not export yet (onnx2torch's "
-                          "converted shape ops do not trace symbolically); export from the PyTorch model "
-                          "(YOLO('yolov8n.pt').model), or run the file's explanation eagerly")
+    static = isinstance(parts, OnnxYoloParts)  # traced at the example's shapes (StaticOnnxYolo)
     if targets not in TARGET_MODES:
         raise ExportError(f"targets must be one of {', '.join(TARGET_MODES)}, got {targets!r}")
     if isinstance(max_boxes, bool) or not isinstance(max_boxes, int) or not 1 <= max_boxes <= 100:
@@ -314,34 +372,46 @@ def detector_to_onnx(explainer: Any, path: str | os.PathLike, example: Tensor, t
     explainer._check(example)
     prepared = parts.prepare(example[:1])
     levels = parts.selected(prepared, explainer.levels)
-    taken = {int(s) for m in prepared.maps for s in m.shape[1:]} | {1, 3, 4, 16, *example.shape[1:]}
-    batch = _free_size(taken)
-    images = example[:1].expand(batch, -1, -1, -1).contiguous()
+    h, w = example.shape[-2:]
+    traced_parts, strides = None, None
+    if static:  # fixed shapes: the example's batch, and K = max_boxes for targets="boxes"
+        batch, k = int(example.shape[0]), max_boxes
+        with torch.no_grad():
+            traced_parts = StaticOnnxYolo(parts, parts.level_maps(example), levels,
+                                          max_boxes if targets == "detections" else k)
+        strides = [float(w) / float(m.shape[-1]) for m in prepared.maps]
+        images = example.contiguous()
+    else:  # a symbolic batch (and K): sizes no fixed axis has, which make_fx would otherwise merge
+        taken = {int(s) for m in prepared.maps for s in m.shape[1:]} | {1, 3, 4, 16, *example.shape[1:]}
+        batch = _free_size(taken)
+        k = _free_size(taken | {batch})
+        images = example[:1].expand(batch, -1, -1, -1).contiguous()
     inputs: tuple[Tensor, ...] = (images,)
     if targets == "boxes":
-        k = _free_size(taken | {batch})
-        h, w = example.shape[-2:]
         corner = torch.rand(batch, k, 2, generator=torch.Generator().manual_seed(0)) * torch.tensor([w / 2, h / 2])
         boxes = torch.cat([corner, corner + torch.tensor([w / 4, h / 4])], dim=2).to(example)
         inputs = (images, boxes, torch.zeros(batch, k, dtype=torch.int64, device=example.device))
-    fn = explanation_function(explainer, levels, targets, max_boxes, threshold)
+    fn = explanation_function(explainer, levels, targets, max_boxes, threshold, parts=traced_parts, strides=strides)
     info = DetectorOnnxInfo(explainer.method.name, tuple(parts.level_names(prepared, levels)),
-                            type(explainer.model).__name__, (int(example.shape[-2]), int(example.shape[-1])),
+                            type(explainer.model).__name__, (int(h), int(w)),
                             targets, max_boxes if targets == "detections" else None, parts.confidence, parts.iou,
-                            threshold, 0.5)
+                            threshold, 0.5, batch=batch if static else None,
+                            boxes=k if static and targets == "boxes" else None)
     with tracing():
         try:
-            traced = make_fx(fn, decomposition_table=gradient_decompositions(), tracing_mode="symbolic",
-                             _allow_non_fake_inputs=True)(*inputs)
+            traced = make_fx(fn, decomposition_table=gradient_decompositions(),
+                             tracing_mode="real" if static else "symbolic", _allow_non_fake_inputs=True)(*inputs)
         except Exception as exc:  # noqa: BLE001 - tracing failures come in many types
             raise ExportError(f"could not trace the detector's explanation: {type(exc).__name__}: {exc}") from exc
         batch_dim = Dim("batch", min=1)
-        dynamic: tuple[dict[int, Any], ...] = ({0: batch_dim},)
+        dynamic: tuple[dict[int, Any], ...] | None = ({0: batch_dim},)
         names = ["images"]
         if targets == "boxes":
             boxes_dim = Dim("boxes", min=1)
-            dynamic += ({0: batch_dim, 1: boxes_dim}, {0: batch_dim, 1: boxes_dim})
+            dynamic = ({0: batch_dim}, {0: batch_dim, 1: boxes_dim}, {0: batch_dim, 1: boxes_dim})
             names += ["ref_boxes", "ref_labels"]
+        if static:
+            dynamic = None
         try:
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=r".*axis name: .* will not be used")

@@ -72,6 +72,10 @@ class OnnxDetectionRuntime:
                                                  providers=[p for p in providers if p in available])
             self.backend = f"onnxruntime/{'cuda' if 'CUDAExecutionProvider' in self._session.get_providers() else 'cpu'}"
         elif runtime == "openvino":
+            if info.batch is not None:
+                raise ExportError("runtime='openvino' computes wrong maps for a detector graph exported from an ONNX "
+                                  "file (fixed shapes; its boxes are right, its maps are not, measured): run it in "
+                                  "onnxruntime or opencv, or export from the PyTorch model for OpenVINO")
             try:
                 import openvino as ov
             except ImportError as exc:
@@ -140,6 +144,36 @@ class OnnxDetectionRuntime:
         feed = self._check(images, ref_boxes, ref_labels)
         if len(feed["images"]) == 0:
             raise InputError("an empty batch: give at least one image")
+        if self.info.batch is None:
+            return self._run(feed)
+        return self._run_fixed(feed)
+
+    def _run_fixed(self, feed: dict[str, np.ndarray]) -> dict[str, Tensor]:
+        """A graph of fixed shapes: the images in chunks of its batch (the last padded with copies of its
+        last image), fewer boxes than its K padded with label -1; the padding cut from the outputs."""
+        fixed, n = int(self.info.batch or 1), len(feed["images"])
+        k = None
+        if "ref_boxes" in feed:
+            k, wanted = feed["ref_boxes"].shape[1], int(self.info.boxes or 0)
+            if k > wanted:
+                raise InputError(f"this graph (exported from an ONNX file, at fixed shapes) explains at most {wanted} "
+                                 f"boxes per image; got {k}: export again with max_boxes={k} or more")
+            feed["ref_boxes"] = np.concatenate([feed["ref_boxes"], np.zeros((n, wanted - k, 4), np.float32)], 1)
+            feed["ref_labels"] = np.concatenate([feed["ref_labels"], np.full((n, wanted - k), -1, np.int64)], 1)
+        parts: list[dict[str, Tensor]] = []
+        for start in range(0, n, fixed):
+            chunk = {name: value[start:start + fixed] for name, value in feed.items()}
+            taken = len(chunk["images"])
+            if taken < fixed:
+                chunk = {name: np.concatenate([value, np.repeat(value[-1:], fixed - taken, 0)])
+                         for name, value in chunk.items()}
+            parts.append({name: value[:taken] for name, value in self._run(chunk).items()})
+        out = {name: torch.cat([p[name] for p in parts]) for name in OUTPUTS}
+        if k is not None:
+            out = {name: value[:, :k] for name, value in out.items()}
+        return out
+
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, Tensor]:
         with self._lock:
             if self.runtime == "onnxruntime":
                 out = self._session.run(OUTPUTS, feed)

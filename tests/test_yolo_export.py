@@ -142,10 +142,41 @@ def test_export_errors(tmp_path):
     assert not (tmp_path / "a.onnx").exists()
 
 
-def test_a_yolo_onnx_files_explanation_does_not_export_yet(tmp_path):
+@pytest.mark.parametrize("targets", ["detections", "boxes"])
+def test_a_yolo_onnx_files_explanation_exports_at_fixed_shapes(tmp_path, targets):
+    """The graph of a YOLO given as an ONNX file (ultralytics' dynamic export: reshapes from Shape) is traced at
+    the example's batch; other batches run in chunks of it, fewer boxes are padded; ORT and OpenCV equal eager."""
     written = ultralytics_onnx("yolov8n", tmp_path, SIZE)
-    with pytest.raises(ExportError, match="YOLO given as an ONNX file does not export yet"):
-        export.to_onnx(Explainer.for_detector(written), tmp_path / "e.onnx", yolo_images(1, size=SIZE))
+    exp = Explainer.for_detector(written)
+    info = export.to_onnx(exp, tmp_path / "e.onnx", yolo_images(2, size=SIZE), max_boxes=3, targets=targets,
+                          score_threshold=THRESHOLD)
+    assert info.batch == 2 and info.boxes == (3 if targets == "boxes" else None)
+    x = yolo_images(3, seed=5, size=SIZE)  # a batch of 3: a full chunk and a padded one
+    eager = exp.explain_detections(x, score_threshold=THRESHOLD, max_boxes=3)
+    assert sum(len(d) for d in eager) > 0
+    for runtime in ["onnxruntime", "opencv"]:
+        graph = export.load(tmp_path / "e.onnx", runtime=runtime)
+        if targets == "detections":
+            found = graph.explain_detections(x)
+            assert [len(d) for d in found] == [len(d) for d in eager]
+            pairs = list(zip(sum(eager, []), sum(found, [])))
+            for a, b in pairs:
+                assert a.label == b.label
+                torch.testing.assert_close(a.box, b.box, atol=2e-3, rtol=2e-5)
+                assert float((a.cam - b.cam).abs().max()) <= 1e-4
+        else:
+            boxes = torch.stack([torch.stack([d.box for d in image[:2]]) for image in eager])  # K=2 < the file's 3
+            labels = torch.tensor([[d.label for d in image[:2]] for image in eager])
+            out = graph(x, boxes, labels)
+            assert out["cams"].shape == (3, 2, *SIZE)
+            assert torch.equal(out["labels"], labels)
+            for n, image in enumerate(eager):
+                for j, d in enumerate(image[:2]):
+                    assert float((out["cams"][n, j] - d.cam).abs().max()) <= 1e-4
+            with pytest.raises(InputError, match="at most 3 boxes"):
+                graph(x, boxes.repeat(1, 2, 1), labels.repeat(1, 2))
+    with pytest.raises(ExportError, match="runtime='openvino' computes wrong maps"):
+        export.load(tmp_path / "e.onnx", runtime="openvino")
 
 
 @pytest.mark.slow

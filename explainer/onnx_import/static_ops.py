@@ -161,3 +161,59 @@ def make_static(graph: fx.GraphModule) -> int:
     graph.graph.lint()
     graph.recompile()
     return replaced
+
+
+def fold_shapes(graph: fx.GraphModule, *example_inputs: Tensor) -> fx.GraphModule:
+    """A copy of ``graph`` specialised to the shapes of ``example_inputs``: every value computed from shapes
+    alone (an ONNX ``Shape`` and what is computed from it and constants: a reshape's target shape, a
+    detector head's anchor grid) becomes a constant buffer, and :func:`make_static` then swaps the modules
+    that read them for static ones.
+
+    The copy is right for inputs of exactly those shapes only (batch included): it is how a graph whose
+    ``Reshape`` targets come from ``Shape`` (ultralytics' ``dynamic=True`` exports) is traced by ``make_fx``
+    for an export of fixed shapes. ``graph`` itself is not changed.
+    """
+    import copy
+
+    from onnx2torch.node_converters.constant import OnnxConstant
+    from onnx2torch.node_converters.shape import OnnxShape
+
+    folded = copy.deepcopy(graph)
+    values: dict[fx.Node, object] = {}
+    static: set[fx.Node] = set()
+
+    class _Record(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> object:
+            out = super().run_node(n)
+            values[n] = out
+            inputs = n.all_input_nodes
+            if n.op == "get_attr":
+                static.add(n)
+            elif n.op == "call_module":
+                module = folded.get_submodule(str(n.target))
+                if isinstance(module, OnnxShape) or (isinstance(module, OnnxConstant) and not inputs) or (
+                        inputs and all(i in static for i in inputs) and not any(True for _ in module.parameters())):
+                    static.add(n)
+            elif n.op in ("call_function", "call_method") and inputs and all(i in static for i in inputs):
+                static.add(n)
+            return out
+
+    with torch.no_grad():
+        _Record(folded).run(*example_inputs)
+    count = 0
+    for node in list(folded.graph.nodes):
+        value = values.get(node)
+        if node not in static or node.op == "get_attr" or not isinstance(value, Tensor):
+            continue
+        if all(user in static for user in node.users):
+            continue  # an inner value: folded into the constant of its users
+        name = f"folded_shape_{count}"
+        count += 1
+        folded.register_buffer(name, value.detach().clone())
+        with folded.graph.inserting_before(node):
+            constant = folded.graph.get_attr(name)
+        node.replace_all_uses_with(constant)
+    folded.graph.eliminate_dead_code()
+    folded.recompile()
+    make_static(folded)
+    return folded
