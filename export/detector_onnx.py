@@ -236,7 +236,7 @@ class StaticOnnxYolo:
 
         self.radius, self.num_classes = parts.radius, parts.num_classes
         self.confidence, self.iou = parts.confidence, parts.iou
-        self.backbone = parts.model.backbone
+        self.level_maps = parts.level_maps  # the converted backbone: shape-free, traced as it is
         n = int(maps[0].shape[0])
         shapes = [tuple(m.shape) for m in maps]
         self.heads = {tuple(shapes): fold_shapes(parts.model.head, *maps)}
@@ -245,10 +245,6 @@ class StaticOnnxYolo:
             crops = [m.new_zeros(n * k, m.shape[1], *((min(2 * r + 1, m.shape[2]), min(2 * r + 1, m.shape[3]))
                                                       if i in levels else (1, 1))) for i, m in enumerate(maps)]
             self.heads[tuple(tuple(c.shape) for c in crops)] = fold_shapes(parts.model.head, *crops)
-
-    def level_maps(self, images: Tensor) -> list[Tensor]:
-        out = self.backbone(images)
-        return list(out) if isinstance(out, (list, tuple)) else [out]
 
     def decoded(self, maps: list[Tensor]) -> Tensor:
         """The head specialised to these maps' shapes, ``(N, 4 + classes, anchors)``."""
@@ -377,8 +373,7 @@ def detector_to_onnx(explainer: Any, path: str | os.PathLike, example: Tensor, t
     if static:  # fixed shapes: the example's batch, and K = max_boxes for targets="boxes"
         batch, k = int(example.shape[0]), max_boxes
         with torch.no_grad():
-            traced_parts = StaticOnnxYolo(parts, parts.level_maps(example), levels,
-                                          max_boxes if targets == "detections" else k)
+            traced_parts = StaticOnnxYolo(parts, parts.level_maps(example), levels, k)
         strides = [float(w) / float(m.shape[-1]) for m in prepared.maps]
         images = example.contiguous()
     else:  # a symbolic batch (and K): sizes no fixed axis has, which make_fx would otherwise merge
